@@ -1,0 +1,3 @@
+from lfads_jslds.cli import main
+
+main()

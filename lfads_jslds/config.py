@@ -1,0 +1,161 @@
+"""Typed configs: nested dataclasses, YAML files and ``--set key=value`` overrides.
+
+One mechanism for every config in the project: a YAML mapping or a ``--set`` override
+is checked against the dataclass fields (unknown keys name their close matches; values
+of the wrong type are refused) before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the config's fields."""
+
+
+def flat_keys(cls: type) -> list[str]:
+    """All dotted field names of a (nested) config dataclass."""
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        sub = hints[f.name]
+        if dataclasses.is_dataclass(sub):
+            keys += [f"{f.name}.{k}" for k in flat_keys(sub)]
+        else:
+            keys.append(f.name)
+    return keys
+
+
+def _unknown_key(key: str, cls: type, source: str) -> ConfigError:
+    close = difflib.get_close_matches(key, flat_keys(cls), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return ConfigError(f"{source}: unknown config key {key!r}{hint}")
+
+
+def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+    """Check ``value`` against the annotation ``hint``; ints are accepted for floats."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key, source)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{source}: {key} = {value!r} is not a {hint}")
+    if origin is typing.Literal:
+        if value not in typing.get_args(hint):
+            raise ConfigError(f"{source}: {key} must be one of {typing.get_args(hint)}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{source}: {key} must be a list, got {value!r}")
+        (item,) = typing.get_args(hint)[:1]
+        return tuple(_coerce(v, item, f"{key}[]", source) for v in value)
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool) and type(value) is hint:
+        return value
+    raise ConfigError(
+        f"{source}: {key} must be of type {getattr(hint, '__name__', hint)}, got {value!r}"
+    )
+
+
+def update(cfg: T, values: dict[str, Any], source: str = "config", prefix: str = "") -> T:
+    """Return ``cfg`` with the (nested) mapping ``values`` applied, every key checked."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: expected a mapping at {prefix or 'top level'}, got {values!r}")
+    hints = typing.get_type_hints(type(cfg))
+    names = {f.name for f in dataclasses.fields(cfg)}
+    changes = {}
+    root = type(cfg)
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            raise _unknown_key(dotted, root, source) if not prefix else ConfigError(
+                f"{source}: unknown config key {dotted!r}; {prefix[:-1]} has "
+                f"{', '.join(sorted(names))}"
+            )
+        current = getattr(cfg, key)
+        if dataclasses.is_dataclass(current):
+            changes[key] = update(current, value, source, f"{dotted}.")
+        else:
+            changes[key] = _coerce(value, hints[key], dotted, source)
+    return dataclasses.replace(cfg, **changes)
+
+
+def parse_overrides(overrides: list[str], cls: type) -> dict[str, Any]:
+    """``["optim.lr=0.01", "model.n_hidden=64"]`` -> nested mapping (values parsed as YAML)."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        if key not in flat_keys(cls):
+            raise _unknown_key(key, cls, "--set")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML ({err})") from err
+        node = nested
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return nested
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping, naming the file in any error."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError as err:
+        raise ConfigError(f"config file {path} does not exist") from err
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+def resolve(
+    cfg: T, config_file: Path | None = None, overrides: list[str] | None = None
+) -> T:
+    """Defaults, then the YAML file, then ``--set`` overrides (later wins)."""
+    if config_file is not None:
+        cfg = update(cfg, load_yaml(config_file), source=str(config_file))
+    if overrides:
+        cfg = update(cfg, parse_overrides(overrides, type(cfg)), source="--set")
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain mapping (tuples as lists) for YAML/JSON output."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def dump_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,83 @@
+"""Pytrees of arrays <-> ``.npz`` files without pickle, written atomically.
+
+Keys are ``/``-joined paths (``cell/wRUHX``, ``expansion/0/W``); list indices are
+digits. Loading uses ``allow_pickle=False``, so a file can hold nothing but arrays.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def flatten(tree: Any) -> dict[str, np.ndarray]:
+    """Nested dicts/lists of arrays -> ``{"a/b/0": array}``."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        parts = [str(getattr(p, "key", getattr(p, "idx", p))) for p in path]
+        out["/".join(parts)] = np.asarray(leaf)
+    return out
+
+
+def unflatten(flat: dict[str, np.ndarray]) -> Any:
+    """Inverse of ``flatten`` for dict/list trees (digit keys become list positions)."""
+    root: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = root
+        *parents, leaf = key.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+
+    def lists(node: Any) -> Any:
+        if not isinstance(node, dict):
+            return node
+        node = {k: lists(v) for k, v in node.items()}
+        if node and all(k.isdigit() for k in node):
+            return [node[k] for k in sorted(node, key=int)]
+        return node
+
+    return lists(root)
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save(path: Path, tree: Any) -> None:
+    """Write ``flatten(tree)`` as an uncompressed ``.npz``, atomically."""
+    flat = flatten(tree)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **flat)
+
+    atomic_write(path, write)
+
+
+def load(path: Path) -> dict[str, np.ndarray]:
+    """Read a flat ``{key: array}`` mapping; refuses pickled objects."""
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+def is_pickle_archive(path: Path) -> bool:
+    """True for ``numpy.savez`` files whose members are 0-d object arrays (``arr_0``...)."""
+    with zipfile.ZipFile(path) as z:
+        return "arr_0.npy" in z.namelist()
