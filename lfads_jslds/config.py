@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -21,6 +22,17 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A config file or override that does not fit the config's fields."""
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML that also reads ``1e-3`` as a float (YAML 1.2; PyYAML's 1.1 wants ``1.0e-3``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
 
 
 def flat_keys(cls: type) -> list[str]:
@@ -59,7 +71,9 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
         raise ConfigError(f"{source}: {key} = {value!r} is not a {hint}")
     if origin is typing.Literal:
         if value not in typing.get_args(hint):
-            raise ConfigError(f"{source}: {key} must be one of {typing.get_args(hint)}, got {value!r}")
+            raise ConfigError(
+                f"{source}: {key} must be one of {typing.get_args(hint)}, got {value!r}"
+            )
         return value
     if origin is tuple:
         if not isinstance(value, list | tuple):
@@ -78,7 +92,9 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
 def update(cfg: T, values: dict[str, Any], source: str = "config", prefix: str = "") -> T:
     """Return ``cfg`` with the (nested) mapping ``values`` applied, every key checked."""
     if not isinstance(values, dict):
-        raise ConfigError(f"{source}: expected a mapping at {prefix or 'top level'}, got {values!r}")
+        raise ConfigError(
+            f"{source}: expected a mapping at {prefix or 'top level'}, got {values!r}"
+        )
     hints = typing.get_type_hints(type(cfg))
     names = {f.name for f in dataclasses.fields(cfg)}
     changes = {}
@@ -86,9 +102,13 @@ def update(cfg: T, values: dict[str, Any], source: str = "config", prefix: str =
     for key, value in values.items():
         dotted = f"{prefix}{key}"
         if key not in names:
-            raise _unknown_key(dotted, root, source) if not prefix else ConfigError(
-                f"{source}: unknown config key {dotted!r}; {prefix[:-1]} has "
-                f"{', '.join(sorted(names))}"
+            raise (
+                _unknown_key(dotted, root, source)
+                if not prefix
+                else ConfigError(
+                    f"{source}: unknown config key {dotted!r}; {prefix[:-1]} has "
+                    f"{', '.join(sorted(names))}"
+                )
             )
         current = getattr(cfg, key)
         if dataclasses.is_dataclass(current):
@@ -109,9 +129,9 @@ def parse_overrides(overrides: list[str], cls: type) -> dict[str, Any]:
         if key not in flat_keys(cls):
             raise _unknown_key(key, cls, "--set")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = yaml.load(raw, Loader=_Loader) if raw.strip() else None
         except yaml.YAMLError as err:
-            raise ConfigError(f"--set {item!r}: value is not valid YAML ({err})") from err
+            raise ConfigError(f"--set {item!r}: value is not valid YAML ({_brief(err)})") from err
         node = nested
         *parents, leaf = key.split(".")
         for p in parents:
@@ -120,22 +140,32 @@ def parse_overrides(overrides: list[str], cls: type) -> dict[str, Any]:
     return nested
 
 
+def _brief(err: Exception) -> str:
+    """One line for a YAML error: the problem and where (PyYAML's own text spans lines)."""
+    mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None)
+    if mark is None or problem is None:
+        return " ".join(str(err).split())
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+
+
 def load_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML mapping, naming the file in any error."""
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = yaml.load(Path(path).read_text(), Loader=_Loader)
     except FileNotFoundError as err:
         raise ConfigError(f"config file {path} does not exist") from err
+    except OSError as err:
+        raise ConfigError(f"config file {path} cannot be read: {err}") from err
     except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+        raise ConfigError(f"config file {path} is not valid YAML: {_brief(err)}") from err
+    if data is None:  # empty, or comments only
+        return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping, got {type(data).__name__}")
     return data
 
 
-def resolve(
-    cfg: T, config_file: Path | None = None, overrides: list[str] | None = None
-) -> T:
+def resolve(cfg: T, config_file: Path | None = None, overrides: list[str] | None = None) -> T:
     """Defaults, then the YAML file, then ``--set`` overrides (later wins)."""
     if config_file is not None:
         cfg = update(cfg, load_yaml(config_file), source=str(config_file))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -50,7 +51,8 @@ def test_jacobians_match_central_differences_and_analytic():
 
     # Central differences: truncation ε²|F'''|/6 ~ 1e-10, round-off 1e-16/ε ~ 1e-11.
     eps = 1e-5
-    Fn = lambda h, u: np.asarray(F(jnp.asarray(h), jnp.asarray(u)))  # noqa: E731
+    Fj = jax.jit(F)
+    Fn = lambda h, u: np.asarray(Fj(h, u))  # noqa: E731
     for p in range(3):
         fd_h = np.stack(
             [(Fn(h[p] + eps * e, u[p]) - Fn(h[p] - eps * e, u[p])) / (2 * eps) for e in np.eye(n)],
@@ -220,18 +222,28 @@ def _match(found, planted):
     return d.min(axis=1), d.min(axis=0)
 
 
-@pytest.mark.parametrize("newton", [False, True])
-def test_find_fixed_points_recovers_planted_set(newton):
+# Adam alone: 3000 steps reach round-off here. Newton: after only 200 Adam steps (kept
+# with a loose q_tol) the points are ~3e-4 off; a few quadratically convergent Newton
+# steps must reach 1e-10 (halved steps, say, would not).
+@pytest.mark.parametrize(
+    "newton, steps, q_tol, tol", [(False, 3000, 1e-6, 1e-5), (True, 200, 1e-3, 1e-10)]
+)
+def test_find_fixed_points_recovers_planted_set(newton, steps, q_tol, tol):
     rng = np.random.default_rng(0)
     h_init = rng.uniform(-1.5, 1.5, size=(256, 2))
     fp = find_fixed_points(
-        _cubic_map, h_init, np.zeros(1), steps=3000, newton_polish=newton, dedup_tol=0.1
+        _cubic_map,
+        h_init,
+        np.zeros(1),
+        steps=steps,
+        q_tol=q_tol,
+        newton_polish=newton,
+        dedup_tol=0.1,
     )
     assert fp.points.shape == (9, 2)
     assert fp.n_candidates == 256 and fp.candidates.shape == (256, 2)
     assert fp.n_converged == 256  # no spurious minima in this system
     to_planted, from_planted = _match(fp.points, PLANTED)
-    tol = 1e-10 if newton else 1e-5
     assert to_planted.max() < tol and from_planted.max() < tol
     assert (fp.q < 1e-6).all()
     assert np.all(np.diff(fp.q) >= 0)  # slowest first
@@ -246,6 +258,17 @@ def test_find_fixed_points_drops_slow_points_above_tolerance():
     # Adam crawls in this flat basin (curvature 0.02): close to the ghost, not on it.
     np.testing.assert_allclose(fp.candidate_q, 0.005, rtol=1e-3)
     np.testing.assert_allclose(fp.candidates, 0.0, atol=0.03)
+
+
+def test_newton_polish_rejects_steps_that_raise_q():
+    # g(h) = cbrt(h): a Newton step maps h to -2h and raises q by 2^(2/3); never accept it.
+    F = lambda h, u: h + jnp.cbrt(h)  # noqa: E731
+    h_init = np.array([-1.0, -0.75, -0.5, 0.5, 0.75, 1.0])[:, None]
+    plain = find_fixed_points(F, h_init, np.zeros(0), dedup_tol=0.1)
+    polished = find_fixed_points(F, h_init, np.zeros(0), dedup_tol=0.1, newton_polish=True)
+    assert plain.points.shape == (1, 1)
+    np.testing.assert_array_equal(polished.points, plain.points)
+    np.testing.assert_array_equal(polished.q, plain.q)
 
 
 def test_deduplicate_keeps_slowest_per_cluster():

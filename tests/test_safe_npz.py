@@ -5,11 +5,13 @@ values are checked against the raw bytes ``pickletools`` lists, which runs nothi
 """
 
 import builtins
+import functools
 import io
 import os
 import pickle
 import pickletools
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -64,7 +66,12 @@ def test_reference_files_decode_to_the_documented_parameters(name: str) -> None:
     assert {k: v.shape for k, v in params["out"].items()} == {"W": (o, n), "b": (o,)}
     for leaf in _leaves(params):
         assert isinstance(leaf, np.ndarray) and leaf.dtype == np.float32
-        assert np.all(np.isfinite(leaf)) and np.any(leaf != 0)
+        assert np.all(np.isfinite(leaf))
+    for leaf in _leaves([params["rnn"], params["out"]]):
+        assert np.any(leaf != 0)
+    # Without JSLDS terms the expansion MLP gets no gradient and keeps its zero init.
+    co_trained = regs is None or regs[1] > 0
+    assert all(np.any(leaf != 0) == co_trained for leaf in _leaves(params["mlp"]))
 
     if regs is None:
         assert set(loaded) == {"arr_0"}
@@ -92,7 +99,7 @@ def test_reference_arrays_equal_the_raw_pickled_bytes() -> None:
     raw = {arg for op, arg, _ in pickletools.genops(payload) if isinstance(arg, bytes)}
 
     leaves = _leaves(load_npz_safely(path)["arr_0"])
-    assert len(leaves) == 13
+    assert len(leaves) == 10
     for leaf in leaves:
         assert leaf.flags.c_contiguous
         assert leaf.tobytes() in raw
@@ -101,9 +108,7 @@ def test_reference_arrays_equal_the_raw_pickled_bytes() -> None:
 def _object_npy(payload: bytes, shape: tuple[int, ...] = ()) -> bytes:
     """An .npy member whose header declares an object array and whose body is ``payload``."""
     buf = io.BytesIO()
-    npy_format.write_array_header_1_0(
-        buf, {"descr": "|O", "fortran_order": False, "shape": shape}
-    )
+    npy_format.write_array_header_1_0(buf, {"descr": "|O", "fortran_order": False, "shape": shape})
     return buf.getvalue() + payload
 
 
@@ -169,20 +174,32 @@ def test_handwritten_getattr_import_chain_is_inert(tmp_path: Path) -> None:
     assert [op.name for op, _, _ in pickletools.genops(payload)][-3:] == ["TUPLE", "REDUCE", "STOP"]
     npz = _write_npz(tmp_path / "evil.npz", {"arr_0.npy": _object_npy(payload)})
 
-    with pytest.raises(WeightsFileError, match="not the \\(\\) array") as info:
+    with pytest.raises(WeightsFileError, match="not the object array of shape \\(\\)") as info:
         load_npz_safely(npz)
 
     assert not marker.exists()
     assert str(npz) in str(info.value) and "<stub builtins.getattr(...)>" in str(info.value)
 
 
-@pytest.mark.parametrize("protocol", [2, 3, 5])
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
 def test_benign_object_arrays_round_trip(tmp_path: Path, protocol: int) -> None:
     """Protocol 2 needs ``_codecs.encode``, 5 ``_frombuffer``, 3 is what ``np.savez`` writes."""
+    shared = np.arange(3, dtype=np.int64)
+    nested = np.empty(2, dtype=object)
+    nested[0], nested[1] = {"k": shared}, [1, 2]
     tree = {
         "w": np.arange(12, dtype=np.float64).reshape(3, 4),
+        "wf": np.asfortranarray(np.arange(6, dtype=">f4").reshape(2, 3)),
+        "objf": np.asfortranarray(np.array([["a", 1, None], [2.5, (3,), "b"]], dtype=object)),
+        "nested": nested,
+        "again": shared,
+        "text": np.array(["ab", "cde"]),
+        "raw": np.array([b"xy"]),
+        "mask": np.array([True, False]),
+        "c": np.array([1 - 1j], dtype=np.complex64),
         "layers": [{"b": np.ones(2, np.float32)}, (1, 2.5, "s", None)],
         "lr": np.float32(0.02),
+        "dtype": np.dtype("<i2"),
         "flags": {True, False},
         "z": 1 + 2j,
     }
@@ -194,11 +211,101 @@ def test_benign_object_arrays_round_trip(tmp_path: Path, protocol: int) -> None:
 
     got = load_npz_safely(npz)["arr_0"]
 
-    np.testing.assert_array_equal(got["w"], tree["w"])
+    for key in ("w", "wf", "objf", "text", "raw", "mask", "c"):
+        np.testing.assert_array_equal(got[key], tree[key])
+        assert got[key].dtype == tree[key].dtype, key
+        assert got[key].flags.f_contiguous == tree[key].flags.f_contiguous, key
+    assert got["wf"].dtype.byteorder == ">"
+    assert got["nested"].shape == (2,) and got["nested"][1] == [1, 2]
+    np.testing.assert_array_equal(got["nested"][0]["k"], shared)
+    assert got["nested"][0]["k"] is got["again"]  # shared references stay shared
     np.testing.assert_array_equal(got["layers"][0]["b"], tree["layers"][0]["b"])
     assert got["layers"][1] == (1, 2.5, "s", None)
     assert got["lr"] == tree["lr"] and got["lr"].dtype == np.float32
+    assert got["dtype"] == np.dtype("<i2")
     assert got["flags"] == {True, False} and got["z"] == 1 + 2j
+
+
+_RECONSTRUCT = np.empty(0).__reduce__()[0]  # numpy's own multiarray._reconstruct
+
+
+class _ForgedDtype:
+    """Pickles as ``numpy.dtype(spec)`` whose BUILD state claims flags 0 (no objects)."""
+
+    def __init__(self, spec: str, fields: dict[str, object] | None = None) -> None:
+        self.spec, self.fields = spec, fields
+
+    def __reduce__(self) -> tuple[object, ...]:
+        names = None if self.fields is None else tuple(self.fields)
+        return np.dtype, (self.spec, False, True), (3, "|", None, names, self.fields, 8, 1, 0)
+
+
+class _ForgedArray:
+    """Pickles as an array of a forged dtype whose data are raw bytes (pointers if trusted)."""
+
+    def __init__(self, dtype: _ForgedDtype) -> None:
+        self.dtype = dtype
+
+    def __reduce__(self) -> tuple[object, ...]:
+        state = (1, (1,), self.dtype, False, b"\x41" * 8)
+        return _RECONSTRUCT, (np.ndarray, (0,), b"b"), state
+
+
+_LOAD_AND_TOUCH = """
+import sys
+from lfads_jslds.io.safe_npz import WeightsFileError, load_npz_safely
+try:
+    print(repr(load_npz_safely(sys.argv[1])))
+except WeightsFileError as exc:
+    print("WeightsFileError", exc)
+"""
+
+
+@pytest.mark.parametrize(
+    "dtype",
+    [_ForgedDtype("O8"), _ForgedDtype("V8", {"a": (np.dtype("O"), 0)})],
+    ids=["object", "structured-with-object-field"],
+)
+def test_forged_dtype_flags_cannot_smuggle_pointers(tmp_path: Path, dtype: _ForgedDtype) -> None:
+    """numpy trusts a pickled dtype's flags; with flags 0 an object array would take raw
+    file bytes as pointers and crash (or worse) when touched. The loader rebuilds dtypes
+    itself, so it refuses the file. Run in a subprocess so a regression cannot kill pytest.
+    """
+    holder = np.empty((), dtype=object)
+    holder[()] = {"w": _ForgedArray(dtype)}
+    npz = _write_npz(tmp_path / "forged.npz", {"arr_0.npy": _object_npy(pickle.dumps(holder))})
+
+    done = subprocess.run(
+        [sys.executable, "-c", _LOAD_AND_TOUCH, str(npz)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("WeightsFileError") and str(npz) in done.stdout
+
+
+@pytest.mark.parametrize(
+    "value",
+    [np.array(["2020-01-01"], dtype="M8[D]"), np.zeros(2, dtype=[("a", "f4"), ("b", "i2")])],
+    ids=["datetime", "structured"],
+)
+def test_unsupported_dtypes_inside_pickles_are_refused(tmp_path: Path, value: np.ndarray) -> None:
+    holder = np.empty((), dtype=object)
+    holder[()] = {"v": value}
+    npz = _write_npz(tmp_path / "odd.npz", {"arr_0.npy": _object_npy(pickle.dumps(holder))})
+    with pytest.raises(WeightsFileError, match="not supported"):
+        load_npz_safely(npz)
+
+
+def test_direct_ndarray_call_is_refused(tmp_path: Path) -> None:
+    """``numpy.ndarray(shape)`` would hand back uninitialised memory; only pickled data count."""
+    holder = np.empty((), dtype=object)
+    holder[()] = _Reduce(np.ndarray, ((4,),))
+    npz = _write_npz(tmp_path / "direct.npz", {"arr_0.npy": _object_npy(pickle.dumps(holder))})
+    with pytest.raises(WeightsFileError, match="could not be decoded"):
+        load_npz_safely(npz)
 
 
 def test_plain_and_nonscalar_object_arrays_from_savez(tmp_path: Path) -> None:
@@ -245,3 +352,32 @@ def test_truncated_pickle(tmp_path: Path) -> None:
     with pytest.raises(WeightsFileError, match="could not be decoded") as info:
         load_npz_safely(path)
     assert str(path) in str(info.value)
+
+
+def test_build_cannot_alter_allowlisted_functions(tmp_path: Path) -> None:
+    """BUILD on an admitted global (here numpy's ``scalar``) would set its attributes."""
+    payload = b"cnumpy._core.multiarray\nscalar\n(dV__kwdefaults__\n(dsb."
+    assert [op.name for op, _, _ in pickletools.genops(payload)][-2:] == ["BUILD", "STOP"]
+    npz = _write_npz(tmp_path / "build.npz", {"arr_0.npy": _object_npy(payload)})
+    with pytest.raises(WeightsFileError, match="BUILD on _scalar"):
+        load_npz_safely(npz)
+
+
+def test_arrays_inside_stubs_are_real_arrays(tmp_path: Path) -> None:
+    """A refused class (``functools.partial``) keeps its arguments and BUILD state as data."""
+    holder = np.empty((), dtype=object)
+    holder[()] = {
+        "value": functools.partial(max, np.ones(2)),
+        "by_key": {functools.partial(min, np.arange(3)): "k"},
+    }
+    npz = _write_npz(tmp_path / "stubs.npz", {"arr_0.npy": _object_npy(pickle.dumps(holder))})
+
+    got = load_npz_safely(npz)["arr_0"]
+
+    (key,) = got["by_key"]
+    for stub, expected in ((got["value"], np.ones(2)), (key, np.arange(3))):
+        assert isinstance(stub, Stub) and repr(stub) == "<stub functools.partial(...)>"
+        func, args, _, _ = stub.state
+        assert isinstance(func, Stub) and func.module == "builtins"
+        assert isinstance(args[0], np.ndarray)
+        np.testing.assert_array_equal(args[0], expected)

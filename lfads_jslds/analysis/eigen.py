@@ -128,9 +128,7 @@ def discrete_to_continuous(lam: np.ndarray, dt: float) -> ContinuousModes:
         log_r = np.log(r)  # -inf at r = 0 -> tau = 0
         tau = np.where(log_r == 0.0, np.inf, -dt / np.where(log_r == 0.0, 1.0, log_r))
     tau = np.asarray(tau, dtype=np.result_type(r.dtype, np.float32))
-    return ContinuousModes(
-        freq_hz=freq, tau_s=tau, half_life_s=tau * np.log(2.0), stable=r < 1.0
-    )
+    return ContinuousModes(freq_hz=freq, tau_s=tau, half_life_s=tau * np.log(2.0), stable=r < 1.0)
 
 
 def continuous_time_matrix(J: np.ndarray, dt: float) -> np.ndarray:

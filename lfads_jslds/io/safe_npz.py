@@ -4,21 +4,31 @@ The JSLDS paper's released weights store their parameter dict (and settings dict
 reference functions of the original scripts) as pickled 0-d object arrays.
 ``np.load(..., allow_pickle=True)`` would import and call whatever those pickles name,
 so this module parses each ``.npy`` member itself and unpickles object arrays with an
-unpickler that admits only the numpy reconstructors and plain containers; every other
-global becomes an inert :class:`Stub`.
+unpickler that admits only plain containers and numpy's array/dtype/scalar
+reconstructors; every other global becomes an inert :class:`Stub`.
 
-This guards against code execution, not against resource exhaustion (a crafted file can
-still ask for a large allocation).
+Even numpy's own reconstructors are not handed to the pickle: ``dtype.__setstate__``
+trusts the flags a pickle gives it, so a crafted dtype can make ``ndarray.__setstate__``
+copy file bytes into an object array as raw pointers (memory corruption). Arrays, dtypes
+and scalars are therefore rebuilt here from validated plain data with public numpy
+constructors (numeric, bool, complex, bytes, str and object dtypes; no structured or
+datetime dtypes).
+
+This guards against code execution, not against resource exhaustion.
 """
 
 from __future__ import annotations
 
+import _compat_pickle
 import collections
+import math
+import operator
 import os
 import pickle
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 from numpy.lib import format as npy_format
@@ -61,6 +71,114 @@ class Stub:
         return f"<stub {self.module}.{self.name}{called}>"
 
 
+class _DtypeSpec:
+    """What a pickle's ``numpy.dtype(spec, align, copy)`` call and BUILD state say.
+
+    Unhashable like the arrays that hold it, so it never hides in a set or a dict key.
+    """
+
+    __hash__ = None
+
+    def __init__(self, spec: object, align: object = False, copy: object = False) -> None:
+        self.spec = spec
+        self.state: Any = None
+
+    def __setstate__(self, state: object) -> None:
+        self.state = state
+
+    def build(self) -> np.dtype:
+        """A fresh dtype from the type string, byte order and (for S/U) item size only."""
+        if not isinstance(self.spec, str):
+            raise pickle.UnpicklingError(f"dtype spec {self.spec!r} is not a string")
+        dtype = np.dtype(self.spec)
+        endian, elsize = "|", dtype.itemsize
+        if self.state is not None:
+            _, endian, subarray, names, fields, elsize, *_ = self.state
+            if (subarray, names, fields) != (None, None, None):
+                raise pickle.UnpicklingError("structured or subarray dtypes are not supported")
+        if dtype.kind not in "biufcOSU" or endian not in ("<", ">", "|", "="):
+            raise pickle.UnpicklingError(f"dtype {self.spec!r} ({endian!r}) is not supported")
+        if dtype.kind in "SU":
+            chars = operator.index(elsize) // (4 if dtype.kind == "U" else 1)
+            dtype = np.dtype(f"{dtype.kind}{chars}")
+        return dtype.newbyteorder(endian) if endian in "<>" else dtype
+
+
+class _ArraySpec:
+    """An ``ndarray`` a pickle asks for; the state its BUILD gives is checked in :meth:`build`.
+
+    ``numpy.ndarray`` resolves to this class, so a pickle can only reach it through
+    ``_reconstruct`` (a direct call fails: it takes no arguments).
+    """
+
+    __hash__ = None
+
+    def __init__(self) -> None:
+        self.state: Any = None
+
+    def __setstate__(self, state: object) -> None:
+        self.state = state
+
+    def build(self, finish: Callable[[object], object]) -> np.ndarray:
+        """The array, elements of object arrays passed through ``finish``."""
+        version, shape, dtype_spec, fortran, raw = self.state
+        if version != 1:
+            raise pickle.UnpicklingError(f"array state version {version!r} is not supported")
+        dtype = _build_dtype(dtype_spec)
+        shape = _shape(shape)
+        order = "F" if fortran else "C"
+        if dtype.kind != "O":
+            return _array_from_bytes(raw, dtype, shape, order)
+        # numpy pickles object arrays as a list in C (logical) order whatever the layout.
+        if not isinstance(raw, list) or len(raw) != math.prod(shape):
+            raise pickle.UnpicklingError(f"object array of shape {shape} without its items")
+        flat = np.empty(len(raw), dtype=object)
+        for i, item in enumerate(raw):
+            flat[i] = finish(item)
+        return np.asarray(flat.reshape(shape), order=order)
+
+
+def _build_dtype(spec: object) -> np.dtype:
+    if not isinstance(spec, _DtypeSpec):
+        raise pickle.UnpicklingError(f"{spec!r} is not a dtype")
+    return spec.build()
+
+
+def _shape(shape: Any) -> tuple[int, ...]:
+    dims = tuple(operator.index(d) for d in shape)
+    if any(d < 0 for d in dims):
+        raise pickle.UnpicklingError(f"negative dimension in shape {dims}")
+    return dims
+
+
+def _array_from_bytes(
+    raw: object, dtype: np.dtype, shape: tuple[int, ...], order: str
+) -> np.ndarray:
+    """A copy of ``raw`` as an array, its length checked against shape and dtype."""
+    if dtype.kind == "O" or order not in ("C", "F"):
+        raise pickle.UnpicklingError(f"cannot read {dtype} ({order!r} order) from bytes")
+    if not isinstance(raw, bytes | bytearray) or len(raw) != dtype.itemsize * math.prod(shape):
+        raise pickle.UnpicklingError(f"data do not match a {dtype} array of shape {shape}")
+    return np.frombuffer(raw, dtype=dtype).reshape(shape, order=order).copy(order="K")
+
+
+def _reconstruct(subtype: object, shape: object, typecode: object) -> _ArraySpec:
+    """``multiarray._reconstruct``: numpy passes a placeholder shape and dtype, ignored."""
+    if subtype is not _ArraySpec:
+        raise pickle.UnpicklingError(f"cannot reconstruct a {subtype!r}")
+    return _ArraySpec()
+
+
+def _frombuffer(buf: object, dtype: object, shape: object, order: object) -> np.ndarray:
+    """``numeric._frombuffer`` (protocol 5)."""
+    return _array_from_bytes(buf, _build_dtype(dtype), _shape(shape), order)
+
+
+def _scalar(dtype: object, raw: object) -> np.generic:
+    """``multiarray.scalar``: a numpy scalar from its bytes."""
+    return _array_from_bytes(raw, _build_dtype(dtype), (), "C")[()]
+
+
 def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     """``_codecs.encode`` as protocol-2 pickles use it for bytes; other codecs refused."""
     if encoding not in ("latin1", "latin-1"):
@@ -68,37 +186,87 @@ def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     return text.encode("latin1")
 
 
-# The functions numpy pickles arrays and scalars with, taken from numpy itself so that
-# pickles naming either module path (numpy 2 renamed ``numpy.core`` to ``numpy._core``)
-# resolve to this numpy's functions.
-_RECONSTRUCT = np.empty(0).__reduce__()[0]  # multiarray._reconstruct (protocols < 5)
-_FROMBUFFER = np.empty(1).__reduce_ex__(5)[0]  # numeric._frombuffer (protocol 5)
-_SCALAR = np.float64(0).__reduce__()[0]  # multiarray.scalar
+class _Frozen:
+    """An allowlisted function, wrapped so that a pickle's BUILD cannot set its attributes."""
+
+    __slots__ = ("_func",)
+
+    def __init__(self, func: Callable[..., object]) -> None:
+        self._func = func
+
+    def __call__(self, *args: Any) -> object:
+        return self._func(*args)
+
+    def __setstate__(self, state: object) -> None:
+        raise pickle.UnpicklingError(f"BUILD on {self._func.__name__}")
+
 
 _SAFE_GLOBALS: dict[tuple[str, str], object] = {
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("_codecs", "encode"): _latin1_encode,
+    ("numpy", "ndarray"): _ArraySpec,
+    ("numpy", "dtype"): _DtypeSpec,
+    ("_codecs", "encode"): _Frozen(_latin1_encode),
     ("collections", "OrderedDict"): collections.OrderedDict,
     **{("builtins", t.__name__): t for t in (dict, list, tuple, set, frozenset, complex)},
+    # numpy 2 renamed numpy.core to numpy._core; pickles name either.
     **{
-        (f"{core}.{module}", name): func
+        (f"{core}.{module}", name): _Frozen(func)
         for core in ("numpy.core", "numpy._core")
         for module, name, func in (
-            ("multiarray", "_reconstruct", _RECONSTRUCT),
-            ("multiarray", "scalar", _SCALAR),
-            ("numeric", "_frombuffer", _FROMBUFFER),
+            ("multiarray", "_reconstruct", _reconstruct),
+            ("multiarray", "scalar", _scalar),
+            ("numeric", "_frombuffer", _frombuffer),
         )
     },
 }
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler resolving only :data:`_SAFE_GLOBALS`; any other global is a :class:`Stub`."""
+    """Unpickler resolving only :data:`_SAFE_GLOBALS`; any other global is a :class:`Stub`.
+
+    Python 2 names, which protocol-2 pickles write (``__builtin__.set``), are first mapped
+    to Python 3 names as :mod:`pickle` does, so that they match the allowlist.
+    """
 
     def find_class(self, module: str, name: str) -> object:
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        else:
+            module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         found = _SAFE_GLOBALS.get((module, name))
         return Stub(module, name) if found is None else found
+
+
+def _finish(obj: object, done: dict[int, tuple[object, object]]) -> object:
+    """Replace the pending arrays and dtypes of an unpickled graph by real ones.
+
+    Lists, dicts and stubs are updated in place, so shared references stay shared and
+    cycles through them end; ``done`` maps ``id`` to (original, result), keeping the
+    originals alive so that ids are not reused.
+    """
+    if id(obj) in done:
+        return done[id(obj)][1]
+    if isinstance(obj, _ArraySpec):
+        result: object = obj.build(lambda item: _finish(item, done))
+    elif isinstance(obj, _DtypeSpec):
+        result = obj.build()
+    elif isinstance(obj, tuple):
+        result = tuple(_finish(item, done) for item in obj)
+    else:
+        result = obj
+        done[id(obj)] = (obj, obj)
+        if isinstance(obj, list):
+            obj[:] = [_finish(item, done) for item in obj]
+        elif isinstance(obj, dict):
+            for key in list(obj):
+                _finish(key, done)  # keys are hashable: only stubs in them change, in place
+                obj[key] = _finish(obj[key], done)
+        elif isinstance(obj, set | frozenset):
+            for item in obj:
+                _finish(item, done)
+        elif isinstance(obj, Stub):
+            obj.args, obj.kwargs, obj.state = _finish((obj.args, obj.kwargs, obj.state), done)
+    done[id(obj)] = (obj, result)
+    return result
 
 
 def load_npz_safely(path: str | os.PathLike[str]) -> dict[str, object]:
@@ -135,14 +303,15 @@ def _read_member(archive: zipfile.ZipFile, member: str, path: Path) -> object:
             if not dtype.hasobject:
                 f.seek(0)
                 return npy_format.read_array(f, allow_pickle=False)
-            array = _RestrictedUnpickler(f).load()
+            array = _finish(_RestrictedUnpickler(f).load(), {})
     except WeightsFileError:
         raise
     except Exception as exc:  # any failure on untrusted bytes means a bad file
         raise WeightsFileError(f"{where} could not be decoded: {exc}") from exc
-    if not isinstance(array, np.ndarray) or array.shape != shape:
+    if not isinstance(array, np.ndarray) or (array.shape, array.dtype) != (shape, dtype):
         raise WeightsFileError(
-            f"{where}: its pickle gives {array!r}, not the {shape} array its header declares"
+            f"{where}: its pickle gives {array!r}, not the {dtype} array of shape {shape} "
+            "its header declares"
         )
     return array[()] if array.ndim == 0 and array.dtype == object else array
 

@@ -103,7 +103,9 @@ def run_jslds(
     return jax.lax.scan(step, (h0, h0), inputs)[1]
 
 
-def run_rnn(cell: Cell, params: Params, inputs: jax.Array, h0: jax.Array | None = None) -> jax.Array:
+def run_rnn(
+    cell: Cell, params: Params, inputs: jax.Array, h0: jax.Array | None = None
+) -> jax.Array:
     """The RNN alone, ``inputs: [time, m] -> h: [time, n]`` (standard training and baselines)."""
     h0 = params["h0"] if h0 is None else h0
 

@@ -158,7 +158,7 @@ def evaluate(
     return out
 
 
-def infer_model_config(params: Params, base: ModelConfig = ModelConfig()) -> ModelConfig:
+def infer_model_config(params: Params, base: ModelConfig | None = None) -> ModelConfig:
     """``base`` with what the weights tell: cell type (from its keys), sizes, learned ``u*``."""
     cell = params["cell"]
     name = next(
@@ -168,7 +168,7 @@ def infer_model_config(params: Params, base: ModelConfig = ModelConfig()) -> Mod
     if name is None:
         raise ValueError(f"unrecognised cell parameters {sorted(cell)}")
     return replace(
-        base,
+        base or ModelConfig(),
         cell=name,
         n_hidden=int(np.shape(params["h0"])[0]),
         expansion_layers=len(params["expansion"]),

@@ -73,14 +73,21 @@ def load_task_weights(path: Path, spec: TaskSpec) -> tuple[Params, ModelConfig]:
         raise WeightsFileError(f"weights {path} do not exist")
     if path.is_dir():
         cfg_file = path / "config.yaml"
-        weights = next((p for p in (path / "params.npz", path / "checkpoint.npz") if p.exists()), None)
+        weights = next(
+            (p for p in (path / "params.npz", path / "checkpoint.npz") if p.exists()), None
+        )
         if not cfg_file.exists() or weights is None:
             raise WeightsFileError(
-                f"{path} is not a task run folder (needs config.yaml and params.npz or checkpoint.npz)"
+                f"{path} is not a task run folder "
+                "(needs config.yaml and params.npz or checkpoint.npz)"
             )
-        run_cfg = config_lib.update(TaskTrainConfig(), config_lib.load_yaml(cfg_file), str(cfg_file))
+        run_cfg = config_lib.update(
+            TaskTrainConfig(), config_lib.load_yaml(cfg_file), str(cfg_file)
+        )
         if run_cfg.task != spec.name:
-            raise WeightsFileError(f"{path} was trained on task {run_cfg.task!r}, not {spec.name!r}")
+            raise WeightsFileError(
+                f"{path} was trained on task {run_cfg.task!r}, not {spec.name!r}"
+            )
         tree = pytree_npz.unflatten(pytree_npz.load(weights))
         params = tree.get("params", tree)
         model = run_cfg.model

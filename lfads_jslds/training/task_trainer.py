@@ -122,7 +122,8 @@ def prepare_run_folder(run: Path, cfg: TaskTrainConfig, resume: bool) -> TaskTra
     if run.exists() and any(run.iterdir()):
         if not resume:
             raise RunFolderError(
-                f"run folder {run} already exists; pass --resume to continue it, or choose a new --out"
+                f"run folder {run} already exists; pass --resume to continue it, "
+                "or choose a new --out"
             )
         if not (run / CHECKPOINT).exists():
             raise RunFolderError(f"{run} has no checkpoint ({CHECKPOINT}); nothing to resume")
@@ -135,7 +136,9 @@ def prepare_run_folder(run: Path, cfg: TaskTrainConfig, resume: bool) -> TaskTra
             )
         return cfg
     run.mkdir(parents=True, exist_ok=True)
-    pytree_npz.atomic_write(run / CONFIG, lambda tmp: Path(tmp).write_text(config_lib.dump_yaml(cfg)))
+    pytree_npz.atomic_write(
+        run / CONFIG, lambda tmp: Path(tmp).write_text(config_lib.dump_yaml(cfg))
+    )
     return cfg
 
 
@@ -179,9 +182,15 @@ def train(
     columns = ["step", "total", *task_model.LOSS_TERMS, "skipped"]
     bad_in_a_row = skipped = 0
     t0 = time.perf_counter()
-    with open(log_path, "a", newline="") as log_file, tqdm(
-        total=cfg.optim.steps, initial=state.step, disable=not progress, desc=f"train {cfg.task}"
-    ) as bar:
+    with (
+        open(log_path, "a", newline="") as log_file,
+        tqdm(
+            total=cfg.optim.steps,
+            initial=state.step,
+            disable=not progress,
+            desc=f"train {cfg.task}",
+        ) as bar,
+    ):
         writer = csv.writer(log_file)
         if new_log:
             writer.writerow(columns)
@@ -203,10 +212,16 @@ def train(
                 bad_in_a_row = 0
             if state.step % cfg.optim.log_every == 0 or state.step == cfg.optim.steps:
                 values = {k: float(v) for k, v in jax.device_get(terms).items()}
-                writer.writerow([state.step] + [f"{values[c]:.6g}" for c in columns[1:-1]] + [skipped])
+                writer.writerow(
+                    [state.step] + [f"{values[c]:.6g}" for c in columns[1:-1]] + [skipped]
+                )
                 log_file.flush()
-                bar.set_postfix({k: f"{values[k]:.3g}" for k in ("total", "rnn", "jslds",
-                                                                 "fixed_point", "approx")})
+                bar.set_postfix(
+                    {
+                        k: f"{values[k]:.3g}"
+                        for k in ("total", "rnn", "jslds", "fixed_point", "approx")
+                    }
+                )
             if state.step % cfg.optim.checkpoint_every == 0:
                 save_checkpoint(run, state)
             bar.update(1)
