@@ -124,8 +124,9 @@ def test_tanh_rnn_against_formula():
 
 def test_expansion_network_starts_as_repeated_tanh():
     a = jnp.linspace(-2, 2, N)
-    np.testing.assert_allclose(expansion_point(init_expansion(N, 2, jnp.float64), a),
-                               np.tanh(np.tanh(a)), atol=1e-15)
+    np.testing.assert_allclose(
+        expansion_point(init_expansion(N, 2, jnp.float64), a), np.tanh(np.tanh(a)), atol=1e-15
+    )
 
 
 def test_input_expansion_policies():

@@ -30,8 +30,9 @@ def test_short_training_lowers_every_loss_term(task, tmp_path):
     _, before = task_model.losses(init, batch, cfg.model, cfg.loss)
     task_trainer.train(cfg, tmp_path / "run", progress=False)
     trained = pytree_npz.unflatten(pytree_npz.load(tmp_path / "run" / task_trainer.PARAMS))
-    _, after = task_model.losses(jax.tree_util.tree_map(jnp.asarray, trained), batch,
-                                 cfg.model, cfg.loss)
+    _, after = task_model.losses(
+        jax.tree_util.tree_map(jnp.asarray, trained), batch, cfg.model, cfg.loss
+    )
     for term in ("rnn", "jslds", "fixed_point", "approx"):
         assert float(after[term]) < float(before[term]), (term, before[term], after[term])
 
@@ -55,8 +56,9 @@ def test_zero_jslds_weights_give_a_standard_rnn():
 
     (v_full, g_full), (v_rnn, g_rnn) = grad(True), grad(False)
     np.testing.assert_allclose(v_full, v_rnn, rtol=1e-12)
-    for a, b in zip(jax.tree_util.tree_leaves(g_full), jax.tree_util.tree_leaves(g_rnn),
-                    strict=True):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(g_full), jax.tree_util.tree_leaves(g_rnn), strict=True
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
     # E only gets the L2 pull (2·l2·W), nothing from the task.
     for layer in g_full["expansion"]:
@@ -66,8 +68,9 @@ def test_zero_jslds_weights_give_a_standard_rnn():
 def test_resume_reproduces_uninterrupted_weights(tmp_path):
     cfg = small_config("flipflop", "optim.steps=12", "optim.checkpoint_every=4")
     task_trainer.train(cfg, tmp_path / "whole", progress=False)
-    task_trainer.train(replace(cfg, optim=replace(cfg.optim, steps=8)), tmp_path / "split",
-                       progress=False)
+    task_trainer.train(
+        replace(cfg, optim=replace(cfg.optim, steps=8)), tmp_path / "split", progress=False
+    )
     task_trainer.train(cfg, tmp_path / "split", resume=True, progress=False)
     whole = pytree_npz.load(tmp_path / "whole" / task_trainer.PARAMS)
     split = pytree_npz.load(tmp_path / "split" / task_trainer.PARAMS)
