@@ -70,14 +70,6 @@ def task_train(
         cfg = config_lib.resolve(base, config, overrides)
         if cfg.task != task:
             raise config_lib.ConfigError(f"config is for task {cfg.task!r}, not {task!r}")
-        _check_train_config(cfg)
-        if out.exists() and not out.is_dir():
-            raise task_trainer.RunFolderError(f"--out {out} exists and is not a folder")
-        if resume and not (out / task_trainer.CHECKPOINT).exists():
-            # Checked here: the trainer would first create the folder and its config.yaml.
-            raise task_trainer.RunFolderError(
-                f"{out} has no checkpoint ({task_trainer.CHECKPOINT}); nothing to resume"
-            )
         metrics = task_trainer.train(cfg, out, resume=resume, progress=progress)
         typer.echo(_format_metrics(metrics))
         typer.echo(f"run folder: {out.resolve()}")
@@ -113,26 +105,6 @@ def task_eval(
         typer.echo(json.dumps(metrics) if json_ else _format_metrics(metrics))
 
     _run(go)
-
-
-def _check_train_config(cfg: Any) -> None:
-    """Refuse values the trainer would only fail on after compiling (or mid-run)."""
-    from lfads_jslds.config import ConfigError
-    from lfads_jslds.models.cells import CELLS
-
-    if cfg.model.cell not in CELLS:
-        raise ConfigError(f"model.cell must be one of {', '.join(CELLS)}, got {cfg.model.cell!r}")
-    counts = {
-        "model.n_hidden": cfg.model.n_hidden,
-        "optim.steps": cfg.optim.steps,
-        "optim.batch_size": cfg.optim.batch_size,
-        "optim.eval_trials": cfg.optim.eval_trials,
-        "optim.log_every": cfg.optim.log_every,
-        "optim.checkpoint_every": cfg.optim.checkpoint_every,
-    }
-    bad = [f"{k} = {v}" for k, v in counts.items() if v < 1]
-    if bad:
-        raise ConfigError(f"must be at least 1: {', '.join(bad)}")
 
 
 def _format_metrics(metrics: dict[str, Any]) -> str:

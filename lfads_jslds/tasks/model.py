@@ -115,6 +115,21 @@ def losses(
     return total, terms
 
 
+@partial(jax.jit, static_argnames=("spec", "cfg", "size"))
+def _batch_metrics(
+    params: Params, key: jax.Array, spec: TaskSpec, cfg: ModelConfig, size: int
+) -> dict[str, jax.Array]:
+    batch = spec.sample(key, size)
+    traj = run_batch(params, batch.inputs, cfg)
+    return {
+        "mean_relative_error": mean_relative_error(traj),
+        "mse_rnn": masked_mse(readout(params, traj.h), batch.targets, batch.mask),
+        "mse_jslds": masked_mse(readout(params, traj.a), batch.targets, batch.mask),
+        "fp_loss": fixed_point_loss(traj),
+        "approx_loss": approx_loss(traj),
+    }
+
+
 def evaluate(
     params: Params,
     spec: TaskSpec,
@@ -131,24 +146,14 @@ def evaluate(
     if n_trials < 1:
         raise ValueError(f"n_trials must be at least 1, got {n_trials}")
 
-    @partial(jax.jit, static_argnums=1)
-    def batch_metrics(key: jax.Array, size: int) -> dict[str, jax.Array]:
-        batch = spec.sample(key, size)
-        traj = run_batch(params, batch.inputs, cfg)
-        return {
-            "mean_relative_error": mean_relative_error(traj),
-            "mse_rnn": masked_mse(readout(params, traj.h), batch.targets, batch.mask),
-            "mse_jslds": masked_mse(readout(params, traj.a), batch.targets, batch.mask),
-            "fp_loss": fixed_point_loss(traj),
-            "approx_loss": approx_loss(traj),
-        }
-
     key = jax.random.PRNGKey(seed)
     totals: dict[str, float] = {}
     done = 0
     while done < n_trials:
         size = min(batch_size, n_trials - done)
-        part = jax.device_get(batch_metrics(jax.random.fold_in(key, done), size))
+        part = jax.device_get(
+            _batch_metrics(params, jax.random.fold_in(key, done), spec, cfg, size)
+        )
         for k, v in part.items():
             totals[k] = totals.get(k, 0.0) + float(v) * size
         done += size

@@ -24,7 +24,9 @@ import optax
 from tqdm.auto import tqdm
 
 from lfads_jslds import config as config_lib
+from lfads_jslds.config import ConfigError
 from lfads_jslds.io import pytree_npz
+from lfads_jslds.models.cells import CELLS
 from lfads_jslds.tasks import TaskTrainConfig, get_task
 from lfads_jslds.tasks import model as task_model
 from lfads_jslds.tasks.spec import OptimConfig
@@ -113,18 +115,33 @@ def load_checkpoint(run: Path, tx: optax.GradientTransformation) -> TrainState:
     return TrainState(params, opt_state, int(tree["step"]))
 
 
-def prepare_run_folder(run: Path, cfg: TaskTrainConfig, resume: bool) -> TaskTrainConfig:
-    """Check the folder before any work: refuse to overwrite, or load what to resume.
+def validate_config(cfg: TaskTrainConfig) -> None:
+    """Refuse values the trainer would only fail on after compiling (or mid-run)."""
+    get_task(cfg.task)
+    if cfg.model.cell not in CELLS:
+        raise ConfigError(f"model.cell must be one of {', '.join(CELLS)}, got {cfg.model.cell!r}")
+    counts = {
+        "model.n_hidden": cfg.model.n_hidden,
+        "optim.steps": cfg.optim.steps,
+        "optim.batch_size": cfg.optim.batch_size,
+        "optim.eval_trials": cfg.optim.eval_trials,
+        "optim.log_every": cfg.optim.log_every,
+        "optim.checkpoint_every": cfg.optim.checkpoint_every,
+    }
+    bad = [f"{k} = {v}" for k, v in counts.items() if v < 1]
+    if bad:
+        raise ConfigError(f"must be at least 1: {', '.join(bad)}")
 
-    On resume the saved config is the base (``optim.steps`` may be raised to go on).
+
+def prepare_run_folder(run: Path, cfg: TaskTrainConfig, resume: bool) -> None:
+    """Check the folder before any work: refuse to overwrite, or check what to resume.
+
+    Nothing is written before every check has passed. On resume only ``optim`` may
+    differ from the saved config (e.g. more steps).
     """
-    run = Path(run)
-    if run.exists() and any(run.iterdir()):
-        if not resume:
-            raise RunFolderError(
-                f"run folder {run} already exists; pass --resume to continue it, "
-                "or choose a new --out"
-            )
+    if run.exists() and not run.is_dir():
+        raise RunFolderError(f"run folder {run} exists and is not a folder")
+    if resume:
         if not (run / CHECKPOINT).exists():
             raise RunFolderError(f"{run} has no checkpoint ({CHECKPOINT}); nothing to resume")
         saved = config_lib.update(
@@ -134,12 +151,14 @@ def prepare_run_folder(run: Path, cfg: TaskTrainConfig, resume: bool) -> TaskTra
             raise RunFolderError(
                 f"{run}/{CONFIG} differs from the requested config; resume with the saved one"
             )
-        return cfg
+        return
+    if run.exists() and any(run.iterdir()):
+        raise RunFolderError(
+            f"run folder {run} already exists; pass --resume to continue it, or choose a new --out"
+        )
     run.mkdir(parents=True, exist_ok=True)
-    pytree_npz.atomic_write(
-        run / CONFIG, lambda tmp: Path(tmp).write_text(config_lib.dump_yaml(cfg))
-    )
-    return cfg
+    text = config_lib.dump_yaml(cfg)
+    pytree_npz.atomic_write(run / CONFIG, lambda tmp: Path(tmp).write_text(text))
 
 
 def _trim_log(path: Path, last_step: int) -> None:
@@ -162,11 +181,16 @@ def train(
 ) -> dict[str, Any]:
     """Train (or resume) into ``run``; returns the held-out metrics written to ``metrics.json``."""
     run = Path(run)
+    validate_config(cfg)
     spec = get_task(cfg.task)
-    cfg = prepare_run_folder(run, cfg, resume)
+    prepare_run_folder(run, cfg, resume)
     tx = make_optimizer(cfg.optim)
     if resume:
         state = load_checkpoint(run, tx)
+        if state.step > cfg.optim.steps:
+            raise RunFolderError(
+                f"{run} is already at step {state.step}; ask for more steps than that"
+            )
         text = config_lib.dump_yaml(cfg)
         pytree_npz.atomic_write(run / CONFIG, lambda tmp: Path(tmp).write_text(text))
         _trim_log(run / LOG, state.step)
