@@ -38,7 +38,7 @@ TASKS: dict[str, TaskSpec] = {
         # Paper: tanh RNN n=128, u* = [0, 0, ctx1, ctx2], λ = 1 / 1 / 100 / 10, L2 1e-5.
         defaults=TaskTrainConfig(
             task="context",
-            model=ModelConfig(cell="tanh", n_hidden=128, h_factor=1.0, u_star_keep=(2, 3)),
+            model=ModelConfig(cell="tanh", n_hidden=128, h_factor=0.9, u_star_keep=(2, 3)),
             loss=LossWeights(rnn=1.0, jslds=1.0, fixed_point=100.0, approx=10.0, l2=1e-5),
         ),
         dt_s=0.04,
