@@ -28,14 +28,48 @@ SetOption = Annotated[
 ]
 
 
+@app.command("download")
+def download(
+    dataset: Annotated[
+        str,
+        typer.Argument(
+            help="mc_maze, mc_maze_large, mc_maze_medium, mc_maze_small, or a dandiset id."
+        ),
+    ],
+    dest: Annotated[
+        Path | None,
+        typer.Option(
+            help="Root folder (default: $LFADS_JSLDS_DATA or ~/.cache/lfads-jslds/dandi)."
+        ),
+    ] = None,
+) -> None:
+    """Download a dandiset's NWB files (resumable, checksum-verified, idempotent)."""
+
+    def go() -> None:
+        from lfads_jslds.data.download import download as fetch
+
+        for path in fetch(dataset, dest):
+            typer.echo(str(path))
+
+    _run(go)
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input: reported in one line, exit code 1."""
     from lfads_jslds.config import ConfigError
+    from lfads_jslds.data.download import DownloadError
     from lfads_jslds.io.safe_npz import WeightsFileError
     from lfads_jslds.tasks import UnknownTaskError
     from lfads_jslds.training.task_trainer import RunFolderError
 
-    return (ConfigError, WeightsFileError, UnknownTaskError, RunFolderError, FloatingPointError)
+    return (
+        ConfigError,
+        DownloadError,
+        WeightsFileError,
+        UnknownTaskError,
+        RunFolderError,
+        FloatingPointError,
+    )
 
 
 def _run(fn: Callable[[], Any]) -> Any:

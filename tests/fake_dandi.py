@@ -42,7 +42,9 @@ class FakeDandi:
         #: Answer 503 on the dandiset routes, as an overloaded archive would.
         self.broken = False
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), daemon=True
+        )
 
     @property
     def base_url(self) -> str:

@@ -38,7 +38,7 @@ def offline_dandi(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("DANDI_NO_ET", "1")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     monkeypatch.setenv("no_proxy", "127.0.0.1")
-    for var in ("LFADS_JSLDS_DATA", "DANDI_INSTANCE", "DANDI_LOG_LEVEL"):
+    for var in ("LFADS_JSLDS_DATA", "DANDI_LOG_LEVEL"):
         monkeypatch.delenv(var, raising=False)
 
 
@@ -129,8 +129,9 @@ def test_a_dropped_connection_resumes_within_the_call(fake: FakeDandi, tmp_path:
     fake.cut_once.add(TRAIN)
     paths = fetch(fake, tmp_path / "data")
     assert paths[1].read_bytes() == FILES[TRAIN]
-    train = [r for r in fake.downloads() if r[0] == "/api/assets/asset-0/download/"]
-    assert train == [(train[0][0], None), (train[0][0], f"bytes={len(FILES[TRAIN]) // 2}-")]
+    ranges = [r for p, r in fake.downloads() if p == "/api/assets/asset-0/download/"]
+    assert len(ranges) == 2 and ranges[0] is None
+    assert 0 < int(ranges[1].removeprefix("bytes=").removesuffix("-")) < len(FILES[TRAIN])
 
 
 def test_offline_fails_fast_with_advice(tmp_path: Path) -> None:

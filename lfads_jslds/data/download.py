@@ -6,7 +6,7 @@ through the ``dandi`` package's Python API, into ``<root>/<dandiset id>/<asset p
 layout ``dandi download DANDI:<id> -o <root>`` produces, so files fetched that way are
 recognised (after a digest check).
 
-- Complete: a manifest (``lfads-jslds-manifest.json``) beside the files is written only once
+- Idempotent: a manifest (``lfads-jslds-manifest.json``) beside the files is written only once
   every file is in place and verified. While it lists every file at its recorded size, a
   call returns at once, without any network request and without rehashing.
 - Resumable: a file is streamed into a hidden ``.<name>.<etag>.part`` beside it and renamed
@@ -27,6 +27,7 @@ checking its digest, prints a progress table, and reports failures as a bare
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
@@ -56,6 +57,9 @@ _NOTES = {
     "mc_maze_small": "30 MB; scaling subset of MC_Maze",
 }
 
+#: The DANDI Archive's API.
+DANDI_API = "https://api.dandiarchive.org/api"
+
 #: Written beside the files once all are verified; its presence makes later calls offline.
 MANIFEST = "lfads-jslds-manifest.json"
 
@@ -63,6 +67,8 @@ MANIFEST = "lfads-jslds-manifest.json"
 _REQUEST_RETRIES = 2
 #: Seconds the first request may take to connect and to answer.
 _PROBE_TIMEOUT = 10
+#: Bytes per read: what a dropped connection can lose (dandi's default is 8 MiB).
+_CHUNK = 1 << 16
 
 
 class DownloadError(RuntimeError):
@@ -114,8 +120,8 @@ def download(
     """Fetch a dataset's NWB files unless already present, and return their paths, sorted.
 
     ``dataset`` is a name in :data:`DATASETS` or a dandiset id; ``dest`` the root folder
-    (see :func:`dataset_dir`); ``api_url`` the archive's API (default: dandi's
-    ``$DANDI_INSTANCE``, the DANDI Archive); ``version`` a dandiset version (default: the
+    (see :func:`dataset_dir`); ``api_url`` the archive's API (default :data:`DANDI_API`;
+    tests point it at a local fake); ``version`` a dandiset version (default: the
     latest published one, else the draft). Raises :class:`DownloadError` with advice.
     """
     did = dandiset_id(dataset)
@@ -123,22 +129,31 @@ def download(
     if (done := _complete(folder, version)) is not None:
         return done
     (folder / MANIFEST).unlink(missing_ok=True)
-    try:
-        import requests
-        from dandi.consts import known_instances
-    except ImportError as exc:
-        raise DownloadError("Downloading needs the `dandi` package: pip install dandi") from exc
-    url = api_url or known_instances[os.environ.get("DANDI_INSTANCE", "dandi")].api
+    if importlib.util.find_spec("dandi") is None:
+        raise DownloadError("Downloading needs the `dandi` package: pip install dandi")
+    import requests
+
+    url = api_url or DANDI_API
+    elsewhere = (
+        f"To use {dataset} here, download it on a machine with internet access "
+        f"(`lfads-jslds download {dataset} --dest DIR`), copy DIR here and pass `--dest DIR`; "
+        "or give the path of a local NWB file instead."
+    )
     try:
         requests.get(f"{url.rstrip('/')}/info/", timeout=_PROBE_TIMEOUT).raise_for_status()
+    except requests.RequestException as exc:
+        raise DownloadError(
+            f"Cannot reach the DANDI Archive at {url} to fetch dandiset {did}: is this machine "
+            f"offline? {elsewhere}"
+            f"\n(cause: {exc})"
+        ) from exc
+    try:
         with _dandi_fast_and_quiet():
             used, records = _sync(did, folder, url, version)
     except requests.RequestException as exc:
         raise DownloadError(
-            f"Could not download dandiset {did} from {url}: {exc}\n"
-            "Partial downloads are kept and resume on the next try. Without internet access "
-            f"here: run `lfads-jslds download {dataset} --dest DIR` on a machine that has it, "
-            "copy DIR here and pass `--dest DIR`; or give the path of a local NWB file instead."
+            f"Downloading dandiset {did} from {url} failed: {exc}\n"
+            f"Partial downloads are kept: run again to resume. {elsewhere}"
         ) from exc
     manifest = {"dandiset": did, "version": used, "files": records}
     tmp = folder / f".{MANIFEST}.tmp"
@@ -181,7 +196,7 @@ def _dandi_fast_and_quiet() -> Iterator[None]:
 
 def _sync(
     did: str, folder: Path, url: str, version: str | None
-) -> tuple[str, list[dict[str, object]]]:
+) -> tuple[str, list[dict[str, Any]]]:
     """Bring every NWB asset of the dandiset into ``folder``; return the version used and
     one manifest record per file, sorted by path."""
     from dandi.dandiapi import DandiAPIClient
@@ -201,7 +216,7 @@ def _sync(
             raise DownloadError(f"DANDI Archive at {url}: {exc}") from exc
 
 
-def _fetch(asset: RemoteAsset, folder: Path) -> dict[str, object]:
+def _fetch(asset: RemoteAsset, folder: Path) -> dict[str, Any]:
     """Make ``folder/<asset path>`` a verified copy of the asset, fetching what is missing."""
     etag = asset.get_raw_digest("dandi:dandi-etag")
     target = folder / asset.path
@@ -233,11 +248,18 @@ def _stream(asset: RemoteAsset, part: Path) -> None:
 
     if part.is_file() and part.stat().st_size > asset.size:
         part.unlink()
-    fetch = asset.get_download_file_iter()
-    with part.open("ab") as out, tqdm(
-        total=asset.size, initial=out.tell(), unit="B", unit_scale=True,
-        desc=Path(asset.path).name, disable=None,
-    ) as bar:
+    fetch = asset.get_download_file_iter(chunk_size=_CHUNK)
+    with (
+        part.open("ab") as out,
+        tqdm(
+            total=asset.size,
+            initial=out.tell(),
+            unit="B",
+            unit_scale=True,
+            desc=Path(asset.path).name,
+            disable=None,
+        ) as bar,
+    ):
         while (start := out.tell()) < asset.size:
             try:
                 for chunk in fetch(start):
