@@ -1,9 +1,9 @@
 """Neural Latents Benchmark metrics, as ``nlb_tools.evaluation`` defines them.
 
 nlb_tools pins pandas <= 1.3.4 and does not install on Python 3.11, so its math is
-re-implemented here (numpy/scipy/scikit-learn only, no JAX) and checked against it:
-the same null model, the same zero-rate floor, the same ridge grid and folds, the same
-PSTH pooling, the same smoothing kernel. Arrays are ``[trial, time, neuron]``; rates and
+re-implemented here (numpy/scipy/scikit-learn only, no JAX) from its source: the same
+null model, the same zero-rate floor, the same ridge grid and folds, the same PSTH
+pooling, the same smoothing kernel. Arrays are ``[trial, time, neuron]``; rates and
 spikes are in spikes per bin. Key names follow nlb_tools (``eval_rates_heldout``,
 ``eval_spikes_heldout``, ``train_behavior``, ``psth``, ...), so its HDF5 files work here.
 """
@@ -31,8 +31,6 @@ from sklearn.model_selection import GridSearchCV
 ZERO_RATE = 1e-9
 #: Ridge penalties nlb_tools' velocity decoder searches over (5-fold CV).
 RIDGE_ALPHAS = np.logspace(-4, 0, 9)
-#: Metric names as nlb_tools spells them.
-METRIC_KEYS = ("co-bps", "vel R2", "psth R2", "fp-bps")
 
 
 def _same_shape(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> None:
@@ -265,7 +263,7 @@ def evaluate(
     ``train_decode_mask``/``eval_decode_mask``, ``eval_jitter`` (nlb_tools' names). Either
     may be a dict or an HDF5 path; ``dataset`` picks a group (``"mc_maze_20"``) from files
     nested the way nlb_tools writes them. A metric whose inputs are absent is left out and
-    named in ``result["skipped"]`` with the reason; the other metrics are still computed.
+    named in ``result["skipped"]`` (always present, ``{metric: reason}``); the others still run.
     """
     sub = load_h5_dict(submission) if isinstance(submission, str | os.PathLike) else submission
     tgt = load_h5_dict(targets) if isinstance(targets, str | os.PathLike) else targets
