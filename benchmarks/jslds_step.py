@@ -56,8 +56,10 @@ def main() -> None:
         times["jslds"].append(jslds(args.steps, 10 + r * args.steps))
         times["standard"].append(standard(args.steps, 10 + r * args.steps))
     med = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
-    print(f"flip-flop GRU n={cfg.model.n_hidden}, batch {cfg.optim.batch_size}, T=25, "
-          f"{jax.devices()[0].platform}, jax {jax.__version__}")
+    print(
+        f"flip-flop GRU n={cfg.model.n_hidden}, batch {cfg.optim.batch_size}, T=25, "
+        f"{jax.devices()[0].platform}, jax {jax.__version__}"
+    )
     print(f"co-trained JSLDS step: {med['jslds']:.1f} ms (median of {args.rounds} rounds)")
     print(f"standard RNN step:     {med['standard']:.1f} ms")
     print(f"ratio JSLDS / standard: {med['jslds'] / med['standard']:.2f}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -54,10 +55,87 @@ def download(
     _run(go)
 
 
+@app.command("synth")
+def synth(
+    out: Annotated[Path, typer.Argument(help="NWB file to write.")],
+    preset: Annotated[str, typer.Option(help="small (≈ MC_Maze_Small) or mc_maze.")] = "small",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Write a synthetic session in the MC_Maze NWB layout, with planted dynamics and truth."""
+
+    def go() -> None:
+        from lfads_jslds.config import ConfigError
+        from lfads_jslds.data.synth import PRESETS, write_synthetic_nwb
+
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+        if out.exists():
+            raise ConfigError(f"{out} already exists; choose another path (nothing overwritten)")
+        write_synthetic_nwb(out, preset, seed)
+        typer.echo(f"wrote {out.resolve()}")
+
+    _run(go)
+
+
+@app.command("prepare")
+def prepare(
+    nwb: Annotated[Path, typer.Argument(help="NWB file in the MC_Maze layout.")],
+    out: Annotated[Path, typer.Option(help="HDF5 file of NLB-style trial tensors.")],
+    bin_ms: Annotated[int, typer.Option(help="Bin width in ms (5, 10, 20...).")] = 5,
+    lag_ms: Annotated[
+        int | None, typer.Option(help="Behaviour lag in ms (NLB: 100 MC_Maze, 120 the others).")
+    ] = None,
+    phase: Annotated[str, typer.Option(help="val (train→val) or test (train+val→test).")] = "val",
+    lfads_torch: Annotated[
+        Path | None, typer.Option(help="Also export the lfads-torch HDF5 layout here.")
+    ] = None,
+) -> None:
+    """Bin spikes into NLB-style trial tensors aligned on movement onset."""
+
+    def go() -> None:
+        from lfads_jslds.config import ConfigError
+        from lfads_jslds.data.nwb import read_session
+        from lfads_jslds.data.prepare import (
+            DEFAULT_LAG_MS,
+            export_lfads_torch,
+            write_tensors,
+        )
+        from lfads_jslds.data.prepare import (
+            prepare as make_tensors,
+        )
+
+        for target in (out, lfads_torch):
+            if target is not None and target.exists():
+                raise ConfigError(f"{target} already exists; choose another path")
+        if phase not in ("val", "test"):
+            raise ConfigError(f"--phase must be val or test, got {phase!r}")
+        session = read_session(nwb, behavior=["hand_vel"])
+        tensors = make_tensors(session, bin_ms=bin_ms, lag_ms=lag_ms, phase=phase)
+        attrs = {
+            "bin_ms": bin_ms,
+            "align_field": "move_onset_time",
+            "window_ms": [-250, 450],
+            "forward_ms": 200,
+            "lag_ms": DEFAULT_LAG_MS if lag_ms is None else lag_ms,
+            "phase": phase,
+            "source": str(nwb),
+        }
+        write_tensors(out, tensors, attrs)
+        if lfads_torch is not None:
+            export_lfads_torch(lfads_torch, tensors)
+        shapes = ", ".join(
+            f"{k} {tuple(tensors[k].shape)}" for k in ("train_spikes_heldin", "eval_spikes_heldout")
+        )
+        typer.echo(f"wrote {out.resolve()} ({shapes})")
+
+    _run(go)
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input: reported in one line, exit code 1."""
     from lfads_jslds.config import ConfigError
     from lfads_jslds.data.download import DownloadError
+    from lfads_jslds.data.nwb import DataError
     from lfads_jslds.io.safe_npz import WeightsFileError
     from lfads_jslds.tasks import UnknownTaskError
     from lfads_jslds.training.task_trainer import RunFolderError
@@ -65,6 +143,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (
         ConfigError,
         DownloadError,
+        DataError,
         WeightsFileError,
         UnknownTaskError,
         RunFolderError,
@@ -155,6 +234,7 @@ def _format_metrics(metrics: dict[str, Any]) -> str:
 
 
 def main() -> None:
+    warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
     app(prog_name="lfads-jslds")
 
 

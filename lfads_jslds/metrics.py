@@ -11,10 +11,8 @@ spikes are in spikes per bin. Key names follow nlb_tools (``eval_rates_heldout``
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import h5py
@@ -26,6 +24,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import PoissonRegressor, Ridge
 from sklearn.metrics import r2_score
 from sklearn.model_selection import GridSearchCV
+
+from lfads_jslds.io.atomic import atomic_write
 
 #: nlb_tools replaces exact-zero rates by this before taking logs (and clips GLM output to it).
 ZERO_RATE = 1e-9
@@ -461,14 +461,8 @@ def save_h5_dict(path: str | os.PathLike, data: Mapping[str, Any]) -> None:
                 opts = {"compression": "gzip"} if array.ndim > 0 and array.size > 0 else {}
                 group.create_dataset(key, data=array, **opts)
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    def write_file(tmp: str) -> None:
         with h5py.File(tmp, "w") as f:
             write(f, data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write_file)

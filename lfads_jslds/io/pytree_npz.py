@@ -6,14 +6,14 @@ digits. Loading uses ``allow_pickle=False``, so a file can hold nothing but arra
 
 from __future__ import annotations
 
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
+
+from lfads_jslds.io.atomic import atomic_write
 
 
 def flatten(tree: Any) -> dict[str, np.ndarray]:
@@ -44,20 +44,6 @@ def unflatten(flat: dict[str, np.ndarray]) -> Any:
         return node
 
     return lists(root)
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save(path: Path, tree: Any) -> None:

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from lfads_jslds import config as config_lib
 from lfads_jslds.config import ConfigError
-from lfads_jslds.io import pytree_npz
+from lfads_jslds.io import atomic, pytree_npz
 from lfads_jslds.models.cells import CELLS
 from lfads_jslds.tasks import TaskTrainConfig, get_task
 from lfads_jslds.tasks import model as task_model
@@ -158,7 +158,7 @@ def prepare_run_folder(run: Path, cfg: TaskTrainConfig, resume: bool) -> None:
         )
     run.mkdir(parents=True, exist_ok=True)
     text = config_lib.dump_yaml(cfg)
-    pytree_npz.atomic_write(run / CONFIG, lambda tmp: Path(tmp).write_text(text))
+    atomic.write_text(run / CONFIG, text)
 
 
 def _trim_log(path: Path, last_step: int) -> None:
@@ -173,7 +173,7 @@ def _trim_log(path: Path, last_step: int) -> None:
         with open(tmp, "w", newline="") as f:
             csv.writer(f).writerows(kept)
 
-    pytree_npz.atomic_write(path, write)
+    atomic.atomic_write(path, write)
 
 
 def train(
@@ -192,7 +192,7 @@ def train(
                 f"{run} is already at step {state.step}; ask for more steps than that"
             )
         text = config_lib.dump_yaml(cfg)
-        pytree_npz.atomic_write(run / CONFIG, lambda tmp: Path(tmp).write_text(text))
+        atomic.write_text(run / CONFIG, text)
         _trim_log(run / LOG, state.step)
     else:
         params = task_model.init_params(
@@ -256,5 +256,5 @@ def train(
     )
     metrics.update(steps=state.step, skipped_steps=skipped, train_seconds=time.perf_counter() - t0)
     text = json.dumps(metrics, indent=2)
-    pytree_npz.atomic_write(run / METRICS, lambda tmp: Path(tmp).write_text(text))
+    atomic.write_text(run / METRICS, text)
     return metrics

@@ -1,0 +1,415 @@
+"""NLB-style tensors from a session: aligned spike counts, lagged behaviour, condition PSTHs.
+
+Why: LFADS trains on ``[trial, time, neuron]`` count tensors, and the NLB metrics need the
+same cuts nlb_tools makes (held-in / held-out units, the observed and forward windows, the
+lagged hand velocity, smoothed condition PSTHs). Key names follow nlb_tools, so files made
+here and there interoperate.
+
+Binning: counts come straight from each unit's sorted spike times: ``np.searchsorted`` at
+every bin edge of every trial, differenced (no per-spike loop, no 1 ms matrix). Spike times
+in these files sit on a 1 ms grid, so bin edges are placed half a millisecond early: a spike
+at exactly ``align + k`` ms falls in the bin that starts there (as nlb_tools' rounding to
+1 ms has it), whatever rounding the float arithmetic did.
+
+Trial splits (``phase``): ``"val"`` (the local evaluation NLB describes): train tensors from
+``split == "train"``, eval tensors from ``split == "val"``, with held-out and forward
+targets. ``"test"``: train tensors from train and val trials, eval tensors from
+``split == "test"`` with held-in spikes only (held-out units, behaviour and the forward window
+are not observable there). Other splits (``"none"``) are ignored.
+
+Units: spikes per bin (float32; NaN where a unit's ``obs_intervals`` do not cover the window).
+Behaviour: the series' unit (hand_vel: mm/s), averaged over the samples in each bin.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+from scipy.ndimage import convolve1d
+
+from lfads_jslds.data.nwb import Behavior, DataError, Session, Units
+from lfads_jslds.io.atomic import atomic_write
+
+#: Behaviour lag (ms) behind the neural window: NLB's MC_Maze value (Large/Medium/Small: 120).
+DEFAULT_LAG_MS = 100
+#: Gaussian kernel s.d. (ms) of the empirical PSTHs, as nlb_tools uses.
+PSTH_KERN_SD_MS = 30
+#: Trial columns that define a condition, as nlb_tools uses for MC_Maze.
+COND_FIELDS = ("trial_type", "trial_version")
+#: Bin edges sit this far (s) before the nominal edge: half a 1 ms spike-time tick.
+HALF_TICK_S = 0.0005
+
+
+def bin_counts(spikes: np.ndarray, starts_s: np.ndarray, n_bins: int, bin_ms: int) -> np.ndarray:
+    """Counts [trial, bin] of sorted ``spikes`` (s) in ``[start + k bin, start + (k+1) bin)``."""
+    edges = starts_s[:, None] + (bin_ms * np.arange(n_bins + 1))[None, :] / 1000.0
+    return np.diff(np.searchsorted(spikes, edges.ravel()).reshape(edges.shape), axis=1)
+
+
+def observed(intervals: np.ndarray | None, start_s: np.ndarray, stop_s: np.ndarray) -> np.ndarray:
+    """[trial] True where ``[start, stop]`` lies inside one observation interval (None: all)."""
+    if intervals is None:
+        return np.ones(start_s.size, bool)
+    if intervals.size == 0:
+        return np.zeros(start_s.size, bool)
+    iv = intervals[np.argsort(intervals[:, 0], kind="stable")]
+    k = np.searchsorted(iv[:, 0], start_s, side="right") - 1
+    return (k >= 0) & (stop_s <= iv[np.maximum(k, 0), 1])
+
+
+def bin_means(series: Behavior, starts_s: np.ndarray, n_bins: int, bin_ms: int) -> np.ndarray:
+    """Mean [trial, bin, channel] of the finite samples in each bin (NaN where none).
+
+    Running sums make every bin two lookups; edges sit half a sample early so a sample on a
+    bin edge belongs to the bin that starts there.
+    """
+    times = series.times()
+    edges = starts_s[:, None] + (bin_ms * np.arange(n_bins + 1))[None, :] / 1000.0
+    idx = np.searchsorted(times, edges.ravel() - series.sample_interval() / 2).reshape(edges.shape)
+    finite = np.isfinite(series.data)
+    total = np.zeros((times.size + 1, series.data.shape[1]))
+    np.cumsum(np.where(finite, series.data, 0.0), axis=0, out=total[1:])
+    count = np.zeros(total.shape, np.int64)
+    np.cumsum(finite, axis=0, out=count[1:])
+    s = total[idx[:, 1:]] - total[idx[:, :-1]]
+    n = count[idx[:, 1:]] - count[idx[:, :-1]]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, s / n, np.nan)
+
+
+def spike_tensor(
+    units: Units, members: np.ndarray, align_s: np.ndarray, window_ms: tuple[int, int], bin_ms: int
+) -> np.ndarray:
+    """Counts [trial, bin, neuron] of units ``members`` in ``window_ms`` around ``align_s``.
+
+    float32 spikes per bin; NaN for a trial whose window a unit's obs_intervals do not cover.
+    """
+    t0, t1 = window_ms
+    out = np.empty((align_s.size, (t1 - t0) // bin_ms, members.size), np.float32)
+    starts = align_s + t0 / 1000.0 - HALF_TICK_S
+    for j, u in enumerate(members):
+        out[:, :, j] = bin_counts(units.spikes(u), starts, out.shape[1], bin_ms)
+        seen = observed(units.intervals(u), align_s + t0 / 1000.0, align_s + t1 / 1000.0)
+        out[~seen, :, j] = np.nan
+    return out
+
+
+def gaussian_kernel(sd_ms: float) -> np.ndarray:
+    """Normalised Gaussian at 1 ms, ±3 s.d. (odd length, so it does not shift the signal)."""
+    half = int(np.ceil(3 * sd_ms))
+    k = np.exp(-0.5 * (np.arange(-half, half + 1) / sd_ms) ** 2)
+    return k / k.sum()
+
+
+def condition_psth(
+    units: Units,
+    order: np.ndarray,
+    align_s: np.ndarray,
+    cond: np.ndarray,
+    n_cond: int,
+    window_ms: tuple[int, int],
+    bin_ms: int,
+    kern_sd_ms: float = PSTH_KERN_SD_MS,
+) -> np.ndarray:
+    """Smoothed PSTHs [condition, bin, neuron] in spikes per bin, neurons in ``order``.
+
+    As nlb_tools makes them: each trial's 1 ms spike train is smoothed with a Gaussian
+    (s.d. ``kern_sd_ms``, using spikes up to 3 s.d. outside the window), summed into bins and
+    averaged over the condition's trials in which the unit was observed. Smoothing is
+    linear, so the 1 ms trains of a condition are summed first (per-spike ``bincount``)
+    and smoothed once.
+    """
+    w0, w1 = window_ms
+    kernel = gaussian_kernel(kern_sd_ms)
+    margin = kernel.size // 2
+    length = w1 - w0 + 2 * margin  # 1 ms samples per trial
+    psth = np.full((n_cond, (w1 - w0) // bin_ms, order.size), np.nan)
+    for j, u in enumerate(order):
+        spikes = units.spikes(u)
+        ok = observed(units.intervals(u), align_s + w0 / 1000.0, align_s + w1 / 1000.0)
+        start = align_s[ok] + (w0 - margin) / 1000.0 - HALF_TICK_S
+        lo = np.searchsorted(spikes, start)
+        n = np.searchsorted(spikes, start + length / 1000.0) - lo
+        trial = np.repeat(np.arange(start.size), n)
+        first = np.cumsum(n) - n
+        idx = np.arange(trial.size) - first[trial] + lo[trial]
+        t = np.clip(np.floor((spikes[idx] - start[trial]) * 1000.0).astype(np.int64), 0, length - 1)
+        c = cond[ok]
+        hist = np.bincount(c[trial] * length + t, minlength=n_cond * length)
+        smooth = convolve1d(hist.reshape(n_cond, length).astype(np.float64), kernel, axis=1)
+        binned = smooth[:, margin : margin + w1 - w0].reshape(n_cond, -1, bin_ms).sum(2)
+        trials = np.bincount(c, minlength=n_cond)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            psth[:, :, j] = np.where(trials[:, None] > 0, binned / trials[:, None], np.nan)
+    return psth
+
+
+def _check_params(
+    bin_ms: int, window_ms: tuple[int, int], forward_ms: int, lag_ms: int, phase: str
+) -> None:
+    if not isinstance(bin_ms, int | np.integer) or bin_ms <= 0:
+        raise DataError(f"bin width must be a positive whole number of ms, got {bin_ms!r}")
+    w0, w1 = window_ms
+    if w1 <= w0:
+        raise DataError(f"window {window_ms} ms is empty: its end must come after its start")
+    if (w1 - w0) % bin_ms:
+        raise DataError(
+            f"bin width {bin_ms} ms does not divide the {w1 - w0} ms window {tuple(window_ms)}"
+        )
+    if forward_ms < 0 or forward_ms % bin_ms:
+        raise DataError(f"bin width {bin_ms} ms does not divide the {forward_ms} ms forward window")
+    if not isinstance(lag_ms, int | np.integer):
+        raise DataError(f"behaviour lag must be a whole number of ms, got {lag_ms!r}")
+    if phase not in ("val", "test"):
+        raise DataError(f"phase must be 'val' or 'test', got {phase!r}")
+
+
+def _heldout_flags(units: Units, fraction: float, seed: int) -> np.ndarray:
+    if units.heldout is not None:
+        return units.heldout
+    n_out = int(round(fraction * units.n_units))
+    flags = np.zeros(units.n_units, bool)
+    flags[np.random.default_rng(seed).choice(units.n_units, n_out, replace=False)] = True
+    warnings.warn(
+        f"the units table has no 'heldout' column: {n_out} of {units.n_units} units were "
+        f"held out at random (fraction {fraction}, seed {seed})",
+        stacklevel=3,
+    )
+    return flags
+
+
+def _select_trials(
+    session: Session, align_field: str, phase: str
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(align times [trial] s, rows of the train and eval trials); NaN onsets dropped, warned."""
+    trials, path = session.trials, session.path
+    for name in (align_field, "split"):
+        if name not in trials:
+            cols = ", ".join(k for k in trials if k != "id")
+            raise DataError(f"{path}: /intervals/trials has no column {name!r}; it has: {cols}")
+    align = np.asarray(trials[align_field], dtype=np.float64)
+    split = np.asarray(trials["split"]).astype(str)
+    sources = {"train": ("train",) if phase == "val" else ("train", "val")}
+    sources["eval"] = ("val",) if phase == "val" else ("test",)
+    wanted = np.isin(split, [*sources["train"], *sources["eval"]])
+    bad = wanted & ~np.isfinite(align)
+    if bad.any():
+        ids = ", ".join(str(i) for i in trials["id"][bad][:10]) + (" ..." if bad.sum() > 10 else "")
+        warnings.warn(
+            f"{path}: dropped {bad.sum()} of {wanted.sum()} trials whose {align_field} is NaN "
+            f"(trial ids {ids})",
+            stacklevel=3,
+        )
+    rows = {}
+    for part, names in sources.items():
+        rows[part] = np.flatnonzero(np.isin(split, names) & np.isfinite(align))
+        if rows[part].size == 0:
+            raise DataError(
+                f"{path}: no {part} trials (phase {phase!r} takes them from split "
+                f"{' and '.join(names)}; the file has {', '.join(sorted(set(split.tolist())))})"
+            )
+    return align, rows
+
+
+def _condition_tensors(
+    session: Session,
+    order: np.ndarray,
+    align: np.ndarray,
+    rows: dict[str, np.ndarray],
+    window_ms: tuple[int, int],
+    bin_ms: int,
+) -> dict[str, np.ndarray]:
+    """``conditions``, ``{train,eval}_cond_id``, ``{train,eval}_cond_idx`` and ``psth``."""
+    trials = session.trials
+    missing = [f for f in COND_FIELDS if f not in trials]
+    if missing:
+        warnings.warn(
+            f"{session.path}: /intervals/trials has no {', '.join(missing)}: no conditions, "
+            "so no psth or cond_idx tensors (psth R2 will be skipped)",
+            stacklevel=3,
+        )
+        return {}
+    both = np.concatenate([rows["train"], rows["eval"]])
+    keys = np.stack([np.asarray(trials[f])[both] for f in COND_FIELDS], 1)
+    conditions, cond = np.unique(keys, axis=0, return_inverse=True)
+    cond = cond.ravel()
+    out = {"conditions": conditions}
+    n_train = rows["train"].size
+    for part, ids in (("train", cond[:n_train]), ("eval", cond[n_train:])):
+        out[f"{part}_cond_id"] = ids
+        idx_lists = np.empty(len(conditions), dtype=object)
+        idx_lists[:] = [np.flatnonzero(ids == c) for c in range(len(conditions))]
+        out[f"{part}_cond_idx"] = idx_lists
+    psth = condition_psth(
+        session.units, order, align[both], cond, len(conditions), window_ms, bin_ms
+    )
+    out["psth"] = psth.astype(np.float32)
+    return out
+
+
+def prepare(
+    session: Session,
+    bin_ms: int = 5,
+    align_field: str = "move_onset_time",
+    window_ms: tuple[int, int] = (-250, 450),
+    forward_ms: int = 200,
+    lag_ms: int | None = None,
+    *,
+    phase: str = "val",
+    behavior_field: str = "hand_vel",
+    heldout_fraction: float = 0.25,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """NLB tensors of ``session`` (see the module doc for splits, units and binning).
+
+    ``lag_ms``: behaviour lag (None: ``DEFAULT_LAG_MS``). Without a ``heldout`` column, a
+    ``heldout_fraction`` of the units is held out at random (``seed``), with a warning.
+
+    Keys: ``{train,eval}_spikes_{heldin,heldout}[_forward]`` [trial, time, neuron];
+    ``{train,eval}_behavior`` [trial, time, 2]; ``psth`` [condition, time, neuron] (held-in
+    then held-out neurons, train and eval trials); ``{train,eval}_cond_idx`` (nlb_tools'
+    form: per condition, the trial indices into the train / eval tensors);
+    ``{train,eval}_cond_id`` [trial] (row of ``conditions`` [condition, 2], the
+    (trial_type, trial_version) pairs); ``{train,eval}_trial_ids`` (ids of the NWB trials
+    table); ``heldin_unit_ids``, ``heldout_unit_ids`` (NWB unit ids, in tensor order).
+    """
+    lag = DEFAULT_LAG_MS if lag_ms is None else lag_ms
+    _check_params(bin_ms, window_ms, forward_ms, lag, phase)
+    align, rows = _select_trials(session, align_field, phase)
+    units, path = session.units, session.path
+    heldout = _heldout_flags(units, heldout_fraction, seed)
+    groups = {"heldin": np.flatnonzero(~heldout), "heldout": np.flatnonzero(heldout)}
+    w0, w1 = window_ms
+    windows = {"": (w0, w1), "_forward": (w1, w1 + forward_ms)} if forward_ms else {"": (w0, w1)}
+    out: dict[str, np.ndarray] = {}
+    for part, idx in rows.items():
+        for group, members in groups.items():
+            for suffix, window in windows.items():
+                if part == "eval" and phase == "test" and (group, suffix) != ("heldin", ""):
+                    continue  # NLB does not show held-out or forward data of test trials
+                out[f"{part}_spikes_{group}{suffix}"] = spike_tensor(
+                    units, members, align[idx], window, bin_ms
+                )
+        out[f"{part}_trial_ids"] = np.asarray(session.trials["id"])[idx]
+    out["heldin_unit_ids"] = units.ids[groups["heldin"]]
+    out["heldout_unit_ids"] = units.ids[groups["heldout"]]
+    n_unobserved = sum(int(np.isnan(v[:, 0]).sum()) for k, v in out.items() if "_spikes_" in k)
+    if n_unobserved:
+        warnings.warn(
+            f"{path}: {n_unobserved} (trial, unit) windows are outside the units' "
+            "obs_intervals; their counts are NaN",
+            stacklevel=2,
+        )
+
+    behavior = session.behavior.get(behavior_field)
+    if behavior is None:
+        warnings.warn(
+            f"{path}: no behaviour series {behavior_field!r} (available: "
+            f"{', '.join(session.behavior_available) or 'none'}); the tensors have no "
+            "train_behavior/eval_behavior and behaviour metrics (vel R2) will be skipped",
+            stacklevel=2,
+        )
+    else:
+        for part, idx in rows.items():
+            if part == "eval" and phase == "test":
+                continue  # hidden in NLB, as the held-out spikes are
+            starts = align[idx] + (w0 + lag) / 1000.0
+            binned = bin_means(behavior, starts, (w1 - w0) // bin_ms, bin_ms)
+            out[f"{part}_behavior"] = binned.astype(np.float32)
+
+    order = np.concatenate([groups["heldin"], groups["heldout"]])
+    out.update(_condition_tensors(session, order, align, rows, window_ms, bin_ms))
+    return out
+
+
+def _write_datasets(f: h5py.File, tensors: Mapping[str, np.ndarray]) -> None:
+    for key, value in tensors.items():
+        value = np.asarray(value)
+        if value.dtype == object:  # ragged index lists (nlb_tools' cond_idx)
+            ds = f.create_dataset(key, (len(value),), dtype=h5py.vlen_dtype(np.int64))
+            for i, v in enumerate(value):
+                ds[i] = np.asarray(v, dtype=np.int64)
+        elif value.ndim >= 2 and value.size > 1024:
+            f.create_dataset(key, data=value, compression="gzip", compression_opts=4, shuffle=True)
+        else:
+            f.create_dataset(key, data=value)
+
+
+def write_tensors(path: Path, tensors: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> None:
+    """Write ``tensors`` (and ``attrs`` as file attributes) to HDF5, atomically."""
+
+    def write(tmp: str) -> None:
+        with h5py.File(tmp, "w") as f:
+            _write_datasets(f, tensors)
+            for k, v in attrs.items():
+                f.attrs[k] = v
+
+    atomic_write(Path(path), write)
+
+
+def read_tensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """(tensors, attrs) of a file written by ``write_tensors``; ragged lists as object arrays."""
+    path = Path(path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise DataError(f"{path}: cannot be read as an HDF5 tensor file ({err})") from err
+    with f:
+        tensors = {}
+        for key, ds in f.items():
+            if h5py.check_vlen_dtype(ds.dtype) is not None:
+                value = np.empty(ds.shape[0], dtype=object)
+                value[:] = list(ds[()])
+                tensors[key] = value
+            else:
+                tensors[key] = ds[()]
+        return tensors, dict(f.attrs)
+
+
+def export_lfads_torch(path: Path, tensors: Mapping[str, np.ndarray]) -> None:
+    """Write the lfads-torch HDF5 layout from ``prepare(..., phase="val")`` tensors.
+
+    ``*_encod_data`` = held-in spikes [trial, time, held-in neuron]; ``*_recon_data`` =
+    held-in then held-out neurons, observed then forward bins [trial, time + forward,
+    neuron]; ``*_inds`` = NWB trial ids; plus ``*_behavior``, ``psth`` and ``*_cond_idx``
+    (valid = eval) when present: what lfads-torch's NLB evaluation reads.
+    """
+    needed = [
+        f"{p}_spikes_{g}{s}"
+        for p in ("train", "eval")
+        for g in ("heldin", "heldout")
+        for s in ("", "_forward")
+    ]
+    missing = [k for k in needed if k not in tensors]
+    if missing:
+        raise DataError(
+            f"export_lfads_torch needs tensors made with phase 'val' and a forward window; "
+            f"missing: {', '.join(missing)}"
+        )
+    out: dict[str, np.ndarray] = {}
+    for part, name in (("train", "train"), ("eval", "valid")):
+        obs = np.concatenate(
+            [tensors[f"{part}_spikes_heldin"], tensors[f"{part}_spikes_heldout"]], 2
+        )
+        fwd = np.concatenate(
+            [tensors[f"{part}_spikes_heldin_forward"], tensors[f"{part}_spikes_heldout_forward"]], 2
+        )
+        out[f"{name}_encod_data"] = tensors[f"{part}_spikes_heldin"]
+        out[f"{name}_recon_data"] = np.concatenate([obs, fwd], 1)
+        out[f"{name}_inds"] = tensors[f"{part}_trial_ids"]
+        for key in ("behavior", "cond_idx"):
+            if f"{part}_{key}" in tensors:
+                out[f"{name}_{key}"] = tensors[f"{part}_{key}"]
+    if "psth" in tensors:
+        out["psth"] = tensors["psth"]
+
+    def write(tmp: str) -> None:
+        with h5py.File(tmp, "w") as f:
+            _write_datasets(f, out)
+
+    atomic_write(Path(path), write)

@@ -1,0 +1,307 @@
+"""NLB tensors: synth -> read -> prepare, checked against slow, obviously correct loops.
+
+Shapes follow NLB (140 + 40 bins at 5 ms, 35 + 10 at 20 ms); spike counts equal a per-trial
+``np.histogram`` of the spike times; behaviour and PSTHs match direct computations; every bad
+input is refused (or warned about) and nothing half-written is left behind.
+"""
+
+import dataclasses
+import warnings
+
+import h5py
+import numpy as np
+import pytest
+
+from lfads_jslds.data import prepare as prep
+from lfads_jslds.data import synth
+from lfads_jslds.data.nwb import DataError, read_session
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """(session read back from a small-preset NWB file, its ground truth)."""
+    tmp = tmp_path_factory.mktemp("prepare")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp / "cache"))
+        synth.write_synthetic_nwb(tmp / "small.nwb", "small", seed=0)
+    return read_session(tmp / "small.nwb"), synth.read_ground_truth(tmp / "small.nwb")
+
+
+@pytest.fixture(scope="module")
+def t5(small):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a clean synthetic session prepares without warnings
+        return prep.prepare(small[0], bin_ms=5, lag_ms=120)
+
+
+def test_shapes_follow_nlb_at_5_ms(t5):
+    expect = {
+        "train_spikes_heldin": (75, 140, 107),
+        "train_spikes_heldout": (75, 140, 35),
+        "train_spikes_heldin_forward": (75, 40, 107),
+        "train_spikes_heldout_forward": (75, 40, 35),
+        "eval_spikes_heldin": (25, 140, 107),
+        "eval_spikes_heldout": (25, 140, 35),
+        "eval_spikes_heldin_forward": (25, 40, 107),
+        "eval_spikes_heldout_forward": (25, 40, 35),
+        "train_behavior": (75, 140, 2),
+        "eval_behavior": (25, 140, 2),
+        "psth": (27, 140, 142),
+        "conditions": (27, 2),
+        "train_trial_ids": (75,),
+        "eval_trial_ids": (25,),
+    }
+    for key, shape in expect.items():
+        assert t5[key].shape == shape, key
+    assert t5["train_spikes_heldin"].dtype == np.float32
+
+
+def test_shapes_follow_nlb_at_20_ms(small):
+    t = prep.prepare(small[0], bin_ms=20)
+    assert t["train_spikes_heldin"].shape == (75, 35, 107)
+    assert t["eval_spikes_heldout_forward"].shape == (25, 10, 35)
+    assert t["psth"].shape == (27, 35, 142)
+
+
+def _histogram_counts(session, trial_id, unit, t0_ms, t1_ms, bin_ms):
+    """Per-trial np.histogram of one unit's spikes on the 1 ms clock (half-open bins)."""
+    row = int(np.flatnonzero(session.trials["id"] == trial_id)[0])
+    onset = int(round(session.trials["move_onset_time"][row] * 1000))
+    ms = np.round(session.units.spikes(unit) * 1000)
+    edges = onset + np.arange(t0_ms, t1_ms + 1, bin_ms) - 0.5
+    return np.histogram(ms, edges)[0]
+
+
+@pytest.mark.parametrize("bin_ms", [5, 20])
+def test_counts_equal_a_histogram_of_the_spike_times(small, t5, bin_ms):
+    session = small[0]
+    t = t5 if bin_ms == 5 else prep.prepare(session, bin_ms=bin_ms)
+    heldin = np.flatnonzero(~session.units.heldout)
+    heldout = np.flatnonzero(session.units.heldout)
+    for part in ("train", "eval"):
+        for i in (0, 7, len(t[f"{part}_trial_ids"]) - 1):
+            tid = t[f"{part}_trial_ids"][i]
+            for group, units in (("heldin", heldin), ("heldout", heldout)):
+                for j in (0, 5, len(units) - 1):
+                    u = units[j]
+                    want = _histogram_counts(session, tid, u, -250, 450, bin_ms)
+                    np.testing.assert_array_equal(t[f"{part}_spikes_{group}"][i, :, j], want)
+                    want = _histogram_counts(session, tid, u, 450, 650, bin_ms)
+                    np.testing.assert_array_equal(
+                        t[f"{part}_spikes_{group}_forward"][i, :, j], want
+                    )
+
+
+def test_counts_match_the_ground_truth_on_average(small, t5):
+    session, gt = small
+    order = np.concatenate(
+        [np.flatnonzero(~session.units.heldout), np.flatnonzero(session.units.heldout)]
+    )
+    truth = synth.true_rates_per_bin(gt, 5)[t5["train_trial_ids"]][:, :, order]
+    counts = np.concatenate([t5["train_spikes_heldin"], t5["train_spikes_heldout"]], 2)
+    assert counts.mean() == pytest.approx(truth.mean(), rel=0.02)
+
+
+def test_splits_and_trial_ids(small, t5):
+    trials = small[0].trials
+    np.testing.assert_array_equal(t5["train_trial_ids"], trials["id"][trials["split"] == "train"])
+    np.testing.assert_array_equal(t5["eval_trial_ids"], trials["id"][trials["split"] == "val"])
+
+
+def test_behavior_is_the_lagged_bin_mean_of_hand_vel(small, t5):
+    session = small[0]
+    vel = session.behavior["hand_vel"]
+    for i in (0, 40):
+        tid = t5["train_trial_ids"][i]
+        onset = int(round(session.trials["move_onset_time"][tid] * 1000))
+        for b in (0, 50, 139):
+            first = onset - 250 + 120 + 5 * b  # sample index = ms on a 1 kHz series from 0
+            np.testing.assert_allclose(
+                t5["train_behavior"][i, b],
+                vel.data[first : first + 5].mean(0),
+                rtol=1e-5,
+                atol=1e-6,
+            )
+
+
+def test_conditions_and_cond_idx(small, t5):
+    trials = small[0].trials
+    for part in ("train", "eval"):
+        ids, idx = t5[f"{part}_cond_id"], t5[f"{part}_cond_idx"]
+        assert len(idx) == len(t5["conditions"])
+        for c in range(len(idx)):
+            np.testing.assert_array_equal(idx[c], np.flatnonzero(ids == c))
+        tids = t5[f"{part}_trial_ids"]
+        pairs = np.stack([trials["trial_type"][tids], trials["trial_version"][tids]], 1)
+        np.testing.assert_array_equal(t5["conditions"][ids], pairs)
+
+
+def test_psth_is_the_smoothed_condition_mean(small, t5):
+    """Per trial: 1 ms train (with a 90 ms margin), Gaussian σ = 30 ms, summed per bin."""
+    session = small[0]
+    kernel = np.exp(-0.5 * (np.arange(-90, 91) / 30.0) ** 2)
+    kernel /= kernel.sum()
+    heldin = np.flatnonzero(~session.units.heldout)
+    tids = np.concatenate([t5["train_trial_ids"], t5["eval_trial_ids"]])
+    cond = np.concatenate([t5["train_cond_id"], t5["eval_cond_id"]])
+    for c in (0, 13):
+        for j in (0, 60):
+            u = heldin[j]
+            traces = []
+            for tid in tids[cond == c]:
+                train = _histogram_counts(session, tid, u, -340, 540, 1).astype(float)
+                traces.append(np.convolve(train, kernel, "valid").reshape(140, 5).sum(1))
+            np.testing.assert_allclose(t5["psth"][c, :, j], np.mean(traces, 0), atol=1e-5)
+
+
+def test_test_phase_hides_what_nlb_hides(small):
+    t = prep.prepare(small[0], phase="test")
+    assert t["train_spikes_heldin"].shape[0] == 100  # train + val
+    assert t["eval_spikes_heldin"].shape[0] == 100  # test
+    for hidden in ("eval_spikes_heldout", "eval_spikes_heldin_forward", "eval_behavior"):
+        assert hidden not in t
+    assert not np.isnan(t["train_spikes_heldout"]).any()
+    assert not np.isnan(t["train_behavior"]).any()
+
+
+def _with_trials(session, **columns):
+    trials = dict(session.trials)
+    trials.update(columns)
+    return dataclasses.replace(session, trials=trials)
+
+
+def test_nan_onsets_are_dropped_and_counted(small):
+    session = small[0]
+    onset = session.trials["move_onset_time"].copy()
+    train_rows = np.flatnonzero(session.trials["split"] == "train")
+    onset[train_rows[[1, 4, 9]]] = np.nan
+    with pytest.warns(UserWarning, match="dropped 3 of 100 trials whose move_onset_time is NaN"):
+        t = prep.prepare(_with_trials(session, move_onset_time=onset))
+    assert t["train_spikes_heldin"].shape[0] == 72
+    assert not np.isin(session.trials["id"][train_rows[[1, 4, 9]]], t["train_trial_ids"]).any()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"bin_ms": 8}, "does not divide the 700 ms window"),
+        ({"bin_ms": 20, "forward_ms": 210}, "does not divide the 210 ms forward window"),
+        ({"bin_ms": 0}, "positive"),
+        ({"window_ms": (450, -250)}, "empty"),
+        ({"phase": "train"}, "phase"),
+    ],
+)
+def test_bad_parameters_fail_before_any_work(small, monkeypatch, kwargs, needle):
+    def untouchable(*args, **kw):
+        raise AssertionError("binning started before the parameters were checked")
+
+    monkeypatch.setattr(prep, "bin_counts", untouchable)
+    with pytest.raises(DataError, match=needle):
+        prep.prepare(small[0], **kwargs)
+
+
+def test_missing_align_column_lists_the_columns(small):
+    session = small[0]
+    trials = {k: v for k, v in session.trials.items() if k != "move_onset_time"}
+    with pytest.raises(DataError, match="no column 'move_onset_time'; it has: start_time"):
+        prep.prepare(dataclasses.replace(session, trials=trials))
+
+
+def test_no_eval_trials_is_an_error(small):
+    session = small[0]
+    split = np.where(session.trials["split"] == "val", "none", session.trials["split"])
+    with pytest.raises(DataError, match="no eval trials"):
+        prep.prepare(_with_trials(session, split=split))
+
+
+def test_missing_behaviour_still_makes_tensors(small):
+    session = dataclasses.replace(small[0], behavior={})
+    with pytest.warns(UserWarning, match="behaviour metrics .* will be skipped"):
+        t = prep.prepare(session)
+    assert "train_behavior" not in t and "eval_behavior" not in t
+    assert t["train_spikes_heldin"].shape == (75, 140, 107)
+
+
+def test_without_heldout_column_a_seeded_split_is_made(small):
+    session = small[0]
+    units = dataclasses.replace(session.units, heldout=None)
+    no_flags = dataclasses.replace(session, units=units)
+    with pytest.warns(UserWarning, match="36 of 142 units were held out at random"):
+        a = prep.prepare(no_flags, seed=3)
+    with pytest.warns(UserWarning):
+        b = prep.prepare(no_flags, seed=3)
+    np.testing.assert_array_equal(a["heldout_unit_ids"], b["heldout_unit_ids"])
+    assert a["train_spikes_heldout"].shape[2] == 36
+
+
+def test_unobserved_windows_are_nan(small):
+    """Held-out units whose obs_intervals skip a val trial: NaN there, with a warning."""
+    session = small[0]
+    units = session.units
+    row = np.flatnonzero(session.trials["split"] == "val")[2]
+    cut = (session.trials["start_time"][row], session.trials["stop_time"][row])
+    intervals, offsets = [], [0]
+    for u in range(units.n_units):
+        iv = units.intervals(u)
+        if units.heldout[u]:
+            iv = np.concatenate([iv, [[cut[0], cut[1]]]])
+            iv = np.sort(iv.ravel()).reshape(-1, 2)  # split the interval around the trial
+            keep = ~((iv[:, 0] == cut[0]) & (iv[:, 1] == cut[1]))
+            iv = iv[keep]
+        intervals.append(iv)
+        offsets.append(offsets[-1] + len(iv))
+    units = dataclasses.replace(
+        units, obs_intervals=np.concatenate(intervals), obs_offsets=np.array(offsets)
+    )
+    with pytest.warns(UserWarning, match="70 .trial, unit. windows"):  # observed + forward
+        t = prep.prepare(dataclasses.replace(session, units=units))
+    for key in ("eval_spikes_heldout", "eval_spikes_heldout_forward"):
+        nan = np.isnan(t[key])
+        assert nan[2].all() and nan.sum() == nan[2].size, key
+    assert not np.isnan(t["eval_spikes_heldin"]).any()
+
+
+def test_write_and_read_tensors(tmp_path, t5):
+    attrs = {"bin_ms": 5, "align_field": "move_onset_time", "window_ms": [-250, 450]}
+    prep.write_tensors(tmp_path / "t.h5", t5, attrs)
+    got, got_attrs = prep.read_tensors(tmp_path / "t.h5")
+    assert set(got) == set(t5)
+    for key, value in t5.items():
+        if value.dtype == object:
+            for a, b in zip(got[key], value, strict=True):
+                np.testing.assert_array_equal(a, b)
+        else:
+            np.testing.assert_array_equal(got[key], value)
+    assert got_attrs["bin_ms"] == 5 and got_attrs["align_field"] == "move_onset_time"
+    np.testing.assert_array_equal(got_attrs["window_ms"], [-250, 450])
+    assert [p.name for p in tmp_path.iterdir()] == ["t.h5"]
+
+
+def test_failed_write_leaves_the_old_file_and_no_debris(tmp_path, t5):
+    path = tmp_path / "t.h5"
+    path.write_bytes(b"previous")
+    bad = dict(t5, broken=np.array([{"not": "an array"}], dtype=object))
+    with pytest.raises((TypeError, ValueError)):
+        prep.write_tensors(path, bad, {"bin_ms": 5})
+    assert path.read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["t.h5"]
+
+
+def test_export_lfads_torch(tmp_path, t5, small):
+    prep.export_lfads_torch(tmp_path / "lfads.h5", t5)
+    with h5py.File(tmp_path / "lfads.h5", "r") as f:
+        assert f["train_encod_data"].shape == (75, 140, 107)
+        assert f["train_recon_data"].shape == (75, 180, 142)
+        assert f["valid_encod_data"].shape == (25, 140, 107)
+        assert f["valid_recon_data"].shape == (25, 180, 142)
+        np.testing.assert_array_equal(f["train_inds"][()], t5["train_trial_ids"])
+        np.testing.assert_array_equal(f["valid_inds"][()], t5["eval_trial_ids"])
+        recon = f["valid_recon_data"][()]
+        np.testing.assert_array_equal(recon[:, :140, :107], t5["eval_spikes_heldin"])
+        np.testing.assert_array_equal(recon[:, :140, 107:], t5["eval_spikes_heldout"])
+        np.testing.assert_array_equal(recon[:, 140:, 107:], t5["eval_spikes_heldout_forward"])
+        assert f["valid_behavior"].shape == (25, 140, 2) and f["psth"].shape == (27, 140, 142)
+        assert len(f["valid_cond_idx"]) == 27
+    with pytest.raises(DataError, match="phase 'val'"):
+        prep.export_lfads_torch(tmp_path / "test.h5", prep.prepare(small[0], phase="test"))
+    assert not (tmp_path / "test.h5").exists()
