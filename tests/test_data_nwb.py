@@ -189,5 +189,5 @@ def test_ground_truth_only_in_synthetic_files(tmp_path):
         synth.read_ground_truth(path)
     text = tmp_path / "t.nwb"
     text.write_text("x")
-    with pytest.raises(DataError, match="cannot be read"):
+    with pytest.raises(DataError, match="not an HDF5 file"):
         synth.read_ground_truth(text)

@@ -96,6 +96,19 @@ class Session:
         return self.trials["id"].size
 
 
+def open_hdf5(path: Path, what: str) -> h5py.File:
+    """Open ``path`` read-only, or a ``DataError`` naming the file and what it should be."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file does not exist")
+    if not h5py.is_hdf5(path):
+        raise DataError(f"{path}: not an HDF5 file, so not {what}")
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        raise DataError(f"{path}: cannot be opened as HDF5 ({err})") from err
+
+
 def read_session(
     path: Path,
     behavior: Sequence[str] | None = None,
@@ -107,15 +120,7 @@ def read_session(
     that is absent is skipped: see ``Session.behavior_available``).
     """
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: file does not exist")
-    if not h5py.is_hdf5(path):
-        raise DataError(f"{path}: not an HDF5 file, so not an NWB file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise DataError(f"{path}: cannot be opened as HDF5 ({err})") from err
-    with f:
+    with open_hdf5(path, "an NWB file") as f:
         if _attr(f, "neurodata_type") != "NWBFile":
             raise DataError(f"{path}: an HDF5 file but not an NWB file (no NWBFile at /)")
         units = _read_units(path, f)

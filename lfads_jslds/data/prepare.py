@@ -32,7 +32,7 @@ import h5py
 import numpy as np
 from scipy.ndimage import convolve1d
 
-from lfads_jslds.data.nwb import Behavior, DataError, Session, Units
+from lfads_jslds.data.nwb import Behavior, DataError, Session, Units, open_hdf5
 from lfads_jslds.io.atomic import atomic_write
 
 #: Behaviour lag (ms) behind the neural window: NLB's MC_Maze value (Large/Medium/Small: 120).
@@ -355,11 +355,7 @@ def write_tensors(path: Path, tensors: Mapping[str, np.ndarray], attrs: Mapping[
 def read_tensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """(tensors, attrs) of a file written by ``write_tensors``; ragged lists as object arrays."""
     path = Path(path)
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise DataError(f"{path}: cannot be read as an HDF5 tensor file ({err})") from err
-    with f:
+    with open_hdf5(path, "a tensor file") as f:
         tensors = {}
         for key, ds in f.items():
             if h5py.check_vlen_dtype(ds.dtype) is not None:

@@ -44,11 +44,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import scipy.linalg
 
-from lfads_jslds.data.nwb import DataError
+from lfads_jslds.data.nwb import DataError, open_hdf5
 from lfads_jslds.io.atomic import atomic_write
 
 #: Rate-grid bin (ms): rates are constant within these bins, anchored at movement onset.
@@ -851,11 +850,7 @@ def write_synthetic_nwb(path: Path, preset: str | SynthConfig = "small", seed: i
 def read_ground_truth(path: Path) -> GroundTruth:
     """The ground truth stored by ``write_nwb`` (read with h5py)."""
     path = Path(path)
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise DataError(f"{path}: cannot be read as an HDF5/NWB file ({err})") from err
-    with f:
+    with open_hdf5(path, "an NWB file") as f:
         if f"processing/{GT_MODULE}" not in f:
             raise DataError(
                 f"{path}: no ground truth (processing/{GT_MODULE}); only synthetic files "
