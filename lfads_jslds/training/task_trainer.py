@@ -157,8 +157,7 @@ def prepare_run_folder(run: Path, cfg: TaskTrainConfig, resume: bool) -> None:
             f"run folder {run} already exists; pass --resume to continue it, or choose a new --out"
         )
     run.mkdir(parents=True, exist_ok=True)
-    text = config_lib.dump_yaml(cfg)
-    atomic.write_text(run / CONFIG, text)
+    atomic.write_text(run / CONFIG, config_lib.dump_yaml(cfg))
 
 
 def _trim_log(path: Path, last_step: int) -> None:
@@ -191,8 +190,7 @@ def train(
             raise RunFolderError(
                 f"{run} is already at step {state.step}; ask for more steps than that"
             )
-        text = config_lib.dump_yaml(cfg)
-        atomic.write_text(run / CONFIG, text)
+        atomic.write_text(run / CONFIG, config_lib.dump_yaml(cfg))
         _trim_log(run / LOG, state.step)
     else:
         params = task_model.init_params(
