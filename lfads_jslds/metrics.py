@@ -15,7 +15,6 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import h5py
 import numpy as np
 from scipy.signal import convolve
 from scipy.signal.windows import gaussian
@@ -25,7 +24,7 @@ from sklearn.linear_model import PoissonRegressor, Ridge
 from sklearn.metrics import r2_score
 from sklearn.model_selection import GridSearchCV
 
-from lfads_jslds.io.atomic import atomic_write
+from lfads_jslds.io.h5 import load_h5_dict
 
 #: nlb_tools replaces exact-zero rates by this before taking logs (and clips GLM output to it).
 ZERO_RATE = 1e-9
@@ -421,48 +420,3 @@ def smoothing_baseline(
         "eval_rates_heldin": eval_smooth,
         "eval_rates_heldout": eval_pred.reshape(-1, n_time, n_out),
     }
-
-
-def load_h5_dict(path: str | os.PathLike) -> dict[str, Any]:
-    """Read an HDF5 file into nested dicts of arrays (groups -> dicts, ragged -> object)."""
-
-    def read(group: h5py.Group) -> dict[str, Any]:
-        return {k: read(v) if isinstance(v, h5py.Group) else v[()] for k, v in group.items()}
-
-    with h5py.File(path, "r") as f:
-        return read(f)
-
-
-def save_h5_dict(path: str | os.PathLike, data: Mapping[str, Any]) -> None:
-    """Write nested dicts of arrays to HDF5 atomically (temp file, then ``os.replace``).
-
-    Ragged sequences (object arrays or lists of 1-D arrays, e.g. ``eval_cond_idx``) are
-    stored as variable-length datasets, as nlb_tools stores them; arrays keep their dtype.
-    A reader never sees a half-written file, and a failed write leaves the old file intact.
-    """
-
-    def is_ragged(value: Any) -> bool:
-        if isinstance(value, np.ndarray):
-            return value.dtype == object
-        return isinstance(value, list | tuple) and len({np.shape(v) for v in value}) > 1
-
-    def write(group: h5py.Group, tree: Mapping[str, Any]) -> None:
-        for key, value in tree.items():
-            if isinstance(value, Mapping):
-                write(group.create_group(key), value)
-            elif is_ragged(value):
-                items = [np.asarray(v) for v in value]
-                stored = np.empty(len(items), dtype=object)
-                stored[:] = items
-                dtype = h5py.vlen_dtype(items[0].dtype if items else np.int64)
-                group.create_dataset(key, data=stored, dtype=dtype)
-            else:
-                array = np.asarray(value)
-                opts = {"compression": "gzip"} if array.ndim > 0 and array.size > 0 else {}
-                group.create_dataset(key, data=array, **opts)
-
-    def write_file(tmp: str) -> None:
-        with h5py.File(tmp, "w") as f:
-            write(f, data)
-
-    atomic_write(path, write_file)

@@ -11,16 +11,15 @@ import pytest
 from conftest import shared_file
 from threadpoolctl import threadpool_limits
 
+from lfads_jslds.io.h5 import load_h5_dict, save_h5_dict
 from lfads_jslds.metrics import (
     bits_per_spike,
     co_bps,
     evaluate,
     fp_bps,
     gaussian_smooth,
-    load_h5_dict,
     poisson_nll,
     psth_r2,
-    save_h5_dict,
     smoothing_baseline,
     velocity_r2,
 )

@@ -28,12 +28,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 from scipy.ndimage import convolve1d
 
 from lfads_jslds.data.nwb import Behavior, DataError, Session, Units, open_hdf5
-from lfads_jslds.io.atomic import atomic_write
+from lfads_jslds.io.h5 import read_group, save_h5_dict
 
 #: Behaviour lag (ms) behind the neural window: NLB's MC_Maze value (Large/Medium/Small: 120).
 DEFAULT_LAG_MS = 100
@@ -327,44 +326,15 @@ def prepare(
     return out
 
 
-def _write_datasets(f: h5py.File, tensors: Mapping[str, np.ndarray]) -> None:
-    for key, value in tensors.items():
-        value = np.asarray(value)
-        if value.dtype == object:  # ragged index lists (nlb_tools' cond_idx)
-            ds = f.create_dataset(key, (len(value),), dtype=h5py.vlen_dtype(np.int64))
-            for i, v in enumerate(value):
-                ds[i] = np.asarray(v, dtype=np.int64)
-        elif value.ndim >= 2 and value.size > 1024:
-            f.create_dataset(key, data=value, compression="gzip", compression_opts=4, shuffle=True)
-        else:
-            f.create_dataset(key, data=value)
-
-
 def write_tensors(path: Path, tensors: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> None:
     """Write ``tensors`` (and ``attrs`` as file attributes) to HDF5, atomically."""
-
-    def write(tmp: str) -> None:
-        with h5py.File(tmp, "w") as f:
-            _write_datasets(f, tensors)
-            for k, v in attrs.items():
-                f.attrs[k] = v
-
-    atomic_write(Path(path), write)
+    save_h5_dict(path, tensors, attrs)
 
 
 def read_tensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """(tensors, attrs) of a file written by ``write_tensors``; ragged lists as object arrays."""
-    path = Path(path)
-    with open_hdf5(path, "a tensor file") as f:
-        tensors = {}
-        for key, ds in f.items():
-            if h5py.check_vlen_dtype(ds.dtype) is not None:
-                value = np.empty(ds.shape[0], dtype=object)
-                value[:] = list(ds[()])
-                tensors[key] = value
-            else:
-                tensors[key] = ds[()]
-        return tensors, dict(f.attrs)
+    with open_hdf5(Path(path), "a tensor file") as f:
+        return read_group(f), dict(f.attrs)
 
 
 def export_lfads_torch(path: Path, tensors: Mapping[str, np.ndarray]) -> None:
@@ -403,9 +373,4 @@ def export_lfads_torch(path: Path, tensors: Mapping[str, np.ndarray]) -> None:
                 out[f"{name}_{key}"] = tensors[f"{part}_{key}"]
     if "psth" in tensors:
         out["psth"] = tensors["psth"]
-
-    def write(tmp: str) -> None:
-        with h5py.File(tmp, "w") as f:
-            _write_datasets(f, out)
-
-    atomic_write(Path(path), write)
+    save_h5_dict(path, out)
