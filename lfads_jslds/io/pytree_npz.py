@@ -6,7 +6,6 @@ digits. Loading uses ``allow_pickle=False``, so a file can hold nothing but arra
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +60,3 @@ def load(path: Path) -> dict[str, np.ndarray]:
     """Read a flat ``{key: array}`` mapping; refuses pickled objects."""
     with np.load(path, allow_pickle=False) as data:
         return {k: data[k] for k in data.files}
-
-
-def is_pickle_archive(path: Path) -> bool:
-    """True for ``numpy.savez`` files whose members are 0-d object arrays (``arr_0``...)."""
-    with zipfile.ZipFile(path) as z:
-        return "arr_0.npy" in z.namelist()

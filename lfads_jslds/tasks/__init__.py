@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-from dataclasses import replace
 
 from lfads_jslds.tasks.context import sample_context
 from lfads_jslds.tasks.flipflop import sample_flipflop
@@ -66,7 +65,8 @@ def get_task(name: str) -> TaskSpec:
 
 
 def default_config(name: str) -> TaskTrainConfig:
-    return replace(get_task(name).defaults)
+    """The paper's settings for task ``name`` (frozen: override with ``config.resolve``)."""
+    return get_task(name).defaults
 
 
 __all__ = [
