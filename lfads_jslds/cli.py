@@ -138,9 +138,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from lfads_jslds.data.nwb import DataError
     from lfads_jslds.io.safe_npz import WeightsFileError
     from lfads_jslds.tasks import UnknownTaskError
+    from lfads_jslds.training.checkpoints import CheckpointError
     from lfads_jslds.training.task_trainer import RunFolderError
 
     return (
+        CheckpointError,
         ConfigError,
         DownloadError,
         DataError,
@@ -218,6 +220,114 @@ def task_eval(
         typer.echo(json.dumps(metrics) if json_ else _format_metrics(metrics))
 
     _run(go)
+
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(help="YAML config (e.g. pipelines/configs/synthetic_demo.yaml)."),
+]
+RunArg = Annotated[Path, typer.Argument(help="Run folder made by `train`.")]
+ProgressOption = Annotated[bool, typer.Option(help="Show progress bars.")]
+
+
+def _train_stage(
+    data: Path, out: Path, config: Path | None, set_: list[str] | None, resume: bool, progress: bool
+) -> None:
+    from lfads_jslds import config as config_lib
+    from lfads_jslds.training import lfads_trainer
+    from lfads_jslds.training.run_config import RunConfig
+
+    base = RunConfig()
+    if resume and (out / lfads_trainer.CONFIG).exists():
+        base = lfads_trainer.load_config(out)
+    cfg = config_lib.resolve(base, config, list(set_ or []))
+    loaded, _ = lfads_trainer.prepare_run(out, cfg, data, resume)
+    summary = lfads_trainer.train(cfg, out, loaded, resume=resume, progress=progress)
+    typer.echo(
+        f"trained {summary['epochs']} epochs ({summary['steps']} steps, "
+        f"{summary['train_seconds']:.0f} s; {summary['stop_reason']}); best epoch "
+        f"{summary['best_epoch']}"
+    )
+
+
+def _infer_stage(run: Path, progress: bool) -> None:
+    from lfads_jslds.inference import infer_run
+
+    for what, path in infer_run(run, progress=progress).items():
+        typer.echo(f"wrote {what}: {path}")
+
+
+def _evaluate_stage(run: Path) -> None:
+    from lfads_jslds.evaluation import METRICS, evaluate_run
+
+    typer.echo(format_run_metrics(evaluate_run(run)))
+    typer.echo(f"wrote {run / METRICS}")
+
+
+@app.command("train")
+def train(
+    data: Annotated[Path, typer.Argument(help="NWB session or NLB tensor file (from `prepare`).")],
+    out: Annotated[Path, typer.Option(help="Run folder to create (or continue with --resume).")],
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
+    progress: ProgressOption = True,
+) -> None:
+    """Train LFADS-JSLDS (or plain LFADS: --set model.generator=gru) on spiking data."""
+    _run(lambda: _train_stage(data, out, config, set_, resume, progress))
+
+
+@app.command("infer")
+def infer(run: RunArg, progress: ProgressOption = True) -> None:
+    """Posterior-averaged rates and JSLDS states of every trial: inference.h5, submission, NWB."""
+    _run(lambda: _infer_stage(run, progress))
+
+
+@app.command("evaluate")
+def evaluate(run: RunArg) -> None:
+    """NLB metrics on the val trials (and vs ground truth, when the data has it): metrics.json."""
+    _run(lambda: _evaluate_stage(run))
+
+
+@app.command("run")
+def run_all(
+    data: Annotated[Path, typer.Argument(help="NWB session or NLB tensor file.")],
+    out: Annotated[Path, typer.Option(help="Run folder to create (or continue with --resume).")],
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
+    progress: ProgressOption = True,
+) -> None:
+    """All stages: train, infer, evaluate; prints a summary and where the run folder is."""
+
+    def go() -> None:
+        _train_stage(data, out, config, set_, resume, progress)
+        _infer_stage(out, progress)
+        _evaluate_stage(out)
+        typer.echo(f"run folder: {out.resolve()}")
+
+    _run(go)
+
+
+def format_run_metrics(m: dict[str, Any]) -> str:
+    """A short table: the model, its JSLDS path, the smoothing baseline and the truth."""
+    cols = [("model", m)]
+    cols += [("jslds path", m["jslds_path"])] if "jslds_path" in m else []
+    cols += [("smoothing", m["smoothing_baseline"])]
+    cols += [("truth", m["truth"])] if "truth" in m else []
+    keys = ["co-bps", "fp-bps", "vel R2", "psth R2"]
+    if "rates_r2_vs_truth" in m:
+        keys.append("rates_r2_vs_truth")
+    lines = [f"{'':<18}" + "".join(f"{name:>12}" for name, _ in cols)]
+    for key in keys:
+        cells = "".join(
+            f"{c[key]:>12.4f}" if isinstance(c.get(key), float) else f"{'-':>12}" for _, c in cols
+        )
+        lines.append(f"{key:<18}{cells}")
+    if "jslds" in m:
+        lines.append(f"{'‖a−g‖/‖g‖ (val)':<18}{m['jslds']['mean_relative_error']:>12.4f}")
+        lines.append(f"{'median ‖F(e*)−e*‖':<18}{m['jslds']['fixed_point_residual_median']:>12.4g}")
+    return "\n".join(lines)
 
 
 def _format_metrics(metrics: dict[str, Any]) -> str:

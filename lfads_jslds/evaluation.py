@@ -1,0 +1,105 @@
+"""``metrics.json`` of a run: NLB metrics on the eval (val) trials, with references.
+
+Keys (DESIGN §7): ``co-bps``, ``fp-bps``, ``vel R2``, ``psth R2`` (NLB's spellings) of the
+generator's rates, ``split`` ("val"), ``skipped`` (metrics whose inputs are absent);
+``smoothing_baseline``: the same metrics for NLB's spike-smoothing baseline;
+``jslds_path``: the same for the JSLDS path's rates (JSLDS generators); ``jslds``:
+``mean_relative_error`` (‖a − g‖/‖g‖ over eval trials and bins) and
+``fixed_point_residual_median`` (‖F(e*, 0) − e*‖). Where the data carry ground truth
+(synthetic sessions): ``rates_r2_vs_truth`` (R² of the inferred rates against the true
+rates, pooled over eval trials, bins and neurons) and ``truth`` (the metrics of the true
+rates themselves: the ceiling).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lfads_jslds import metrics
+from lfads_jslds.inference import load_inference, submission_from_inference
+from lfads_jslds.io import atomic
+from lfads_jslds.training import lfads_trainer
+from lfads_jslds.training.task_trainer import RunFolderError
+
+METRICS = "metrics.json"
+
+
+def pooled_r2(pred: np.ndarray, true: np.ndarray) -> float:
+    """``1 − Σ(pred − true)² / Σ(true − mean(true))²`` over all entries."""
+    pred, true = np.asarray(pred, float).ravel(), np.asarray(true, float).ravel()
+    return float(1.0 - np.sum((pred - true) ** 2) / np.sum((true - true.mean()) ** 2))
+
+
+def _nlb(sub: dict[str, np.ndarray], tensors: dict[str, Any]) -> dict[str, Any]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zero-rate and ridge warnings: reported in the values
+        return metrics.evaluate(sub, tensors)
+
+
+def _truth_rates(source: Path, inf: dict[str, Any], attrs: dict[str, Any]) -> dict | None:
+    """True rates (spikes per bin) aligned to ``inf``'s trials and units, or None."""
+    from lfads_jslds.data.nwb import DataError
+    from lfads_jslds.data.synth import read_ground_truth, true_rates_per_bin
+
+    try:
+        truth = read_ground_truth(source)
+    except DataError:
+        return None
+    w0, w1 = (int(v) for v in attrs["window_ms"])
+    bin_ms = int(attrs["bin_ms"])
+    fwd_bins = inf["rates_forward"].shape[1] if "rates_forward" in inf else 0
+    rows = {int(t): i for i, t in enumerate(truth.trial_ids)}
+    take = np.array([rows[int(t)] for t in inf["trial_ids"]])
+    obs = true_rates_per_bin(truth, bin_ms, (w0, w1))[take]
+    out = {"rates": obs}
+    if fwd_bins:
+        out["rates_forward"] = true_rates_per_bin(truth, bin_ms, (w1, w1 + fwd_bins * bin_ms))[take]
+    return out  # neurons: the units table's order, which unit ids follow in synthetic files
+
+
+def evaluate_run(run: Path) -> dict[str, Any]:
+    """Score a run's inference on its eval trials; writes ``metrics.json``."""
+    run = Path(run)
+    if (run / METRICS).exists():
+        raise RunFolderError(f"{run / METRICS} already exists; remove it to evaluate again")
+    cfg = lfads_trainer.load_config(run)
+    inf, attrs = load_inference(run)
+    data, source = lfads_trainer.load_run_data(run)
+    tensors = data.tensors
+    result = _nlb(submission_from_inference(inf), tensors)
+    result["split"] = "val"
+    bin_ms = int(attrs["bin_ms"])
+    base = metrics.smoothing_baseline(
+        tensors["train_spikes_heldin"],
+        tensors["train_spikes_heldout"],
+        tensors["eval_spikes_heldin"],
+        kern_sd_bins=cfg.evaluate.smooth_sd_ms / bin_ms,
+        alpha=cfg.evaluate.smooth_alpha,
+    )
+    result["smoothing_baseline"] = _nlb(base, tensors)
+    if "rates_jslds" in inf:
+        path_a = {k.replace("_jslds", ""): v for k, v in inf.items()}
+        result["jslds_path"] = _nlb(submission_from_inference(path_a), tensors)
+        val = inf["split"] != "train"
+        g, a = inf["gen_states"][val], inf["jslds_states"][val]
+        rel = np.linalg.norm(a - g, axis=-1) / np.linalg.norm(g, axis=-1)
+        result["jslds"] = {
+            "mean_relative_error": float(rel.mean()),
+            "fixed_point_residual_median": float(np.median(inf["fixed_point_residual"][val])),
+        }
+    truth = _truth_rates(source, inf, attrs) if source is not None and source.exists() else None
+    if truth is not None:
+        val = inf["split"] != "train"
+        result["rates_r2_vs_truth"] = pooled_r2(inf["rates"][val], truth["rates"][val])
+        if "rates_jslds" in inf:
+            result["jslds_path"]["rates_r2_vs_truth"] = pooled_r2(
+                inf["rates_jslds"][val], truth["rates"][val]
+            )
+        result["truth"] = _nlb(submission_from_inference({**inf, **truth}), tensors)
+    atomic.write_text(run / METRICS, json.dumps(result, indent=2))
+    return result

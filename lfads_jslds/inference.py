@@ -1,0 +1,238 @@
+"""Single-trial inference: posterior-averaged rates and the JSLDS quantities of every trial.
+
+Rates are the mean of ``exp(log-rates)`` over ``infer.samples`` posterior samples of
+``z`` and ``u`` (dropout off), or the rates of the posterior means alone
+(``infer.posterior_mean``). States, factors, inputs and expansion points come from the
+posterior-mean pass, so along them ``e*_t = E(a_{t-1})`` holds exactly and the dynamics
+one reads are those of one self-consistent trajectory (an average of samples is not one).
+
+Trials go through in batches of ``infer.batch_size`` (the last one padded, so one compiled
+function serves all); samples are accumulated in a ``lax.scan``: memory is bounded by
+one batch × one sample, whatever the number of trials.
+
+``inference.h5`` (DESIGN §7): ``rates`` [trial, T_obs, neuron] and ``rates_forward``
+[trial, T_fwd, neuron] in spikes per bin, neurons in NWB unit-id order (``unit_ids``;
+``heldout`` flags them); ``trial_ids`` (NWB trials-table ids), ``split`` ("train" / "val");
+over the observed window: ``factors``, ``gen_states``, ``jslds_states``,
+``expansion_points``, ``fixed_point_residual`` (‖F(e*, 0) − e*‖, [trial, T_obs]),
+``inferred_inputs``; for JSLDS generators also ``rates_jslds`` / ``rates_jslds_forward``.
+Attributes: ``bin_ms``, ``align_field``, ``window_ms``, ``generator``, ``samples``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from lfads_jslds.data.nwb import open_hdf5
+from lfads_jslds.io.h5 import read_group, save_h5_dict
+from lfads_jslds.io.nwb_rates import (
+    NLB_DATASETS,
+    nlb_dataset_name,
+    write_nlb_submission,
+    write_rates_nwb,
+)
+from lfads_jslds.models import lfads
+from lfads_jslds.models.cells import lfads_gru
+from lfads_jslds.training import lfads_trainer
+from lfads_jslds.training.run_config import RunConfig
+from lfads_jslds.training.task_trainer import RunFolderError
+
+INFERENCE, SUBMISSION, RATES_NWB = "inference.h5", "submission.h5", "rates.nwb"
+
+
+def make_batch_fn(cfg: RunConfig, n_fwd: int) -> Any:
+    """Jitted ``(params, x [batch, T_obs, n_in], key) -> dict`` of one batch's outputs."""
+    model, samples = cfg.model, cfg.infer.samples
+    jslds = model.generator != "gru"
+
+    @jax.jit
+    def batch_fn(params: Any, x: jax.Array, key: jax.Array) -> dict[str, jax.Array]:
+        mean = lfads.forward(params, model, x, n_fwd, key, train=False, sample=False)
+        if cfg.infer.posterior_mean:
+            rates, rates_a = jnp.exp(mean.log_rates), jnp.exp(mean.log_rates_a)
+        else:
+
+            def body(acc: tuple, k: jax.Array) -> tuple[tuple, None]:
+                out = lfads.forward(params, model, x, n_fwd, k, train=False, sample=True)
+                return (acc[0] + jnp.exp(out.log_rates), acc[1] + jnp.exp(out.log_rates_a)), None
+
+            zeros = (jnp.zeros_like(mean.log_rates), jnp.zeros_like(mean.log_rates_a))
+            acc, _ = jax.lax.scan(body, zeros, jax.random.split(key, samples))
+            rates, rates_a = acc[0] / samples, acc[1] / samples
+        t_obs = x.shape[1]
+        out = {
+            "rates": rates,
+            "factors": mean.factors[:, :t_obs],
+            "gen_states": mean.gen_states[:, :t_obs],
+            "inferred_inputs": mean.co_mean[:, :t_obs],
+            "g0": mean.g0,
+        }
+        if jslds:
+            cell = lambda h: lfads_gru(params["gen"], h, jnp.zeros(model.co_dim), model.cell_clip)  # noqa: E731
+            e_star = mean.expansion_points[:, :t_obs]
+            f_star = jax.vmap(jax.vmap(cell))(e_star)
+            out.update(
+                rates_jslds=rates_a,
+                jslds_states=mean.jslds_states[:, :t_obs],
+                expansion_points=e_star,
+                fixed_point_residual=jnp.linalg.norm(f_star - e_star, axis=-1),
+            )
+        return out
+
+    return batch_fn
+
+
+def infer_trials(
+    params: Any, cfg: RunConfig, x: np.ndarray, n_fwd: int, seed: int = 0, progress: bool = True
+) -> dict[str, np.ndarray]:
+    """Outputs for every trial of ``x [trial, T_obs, n_in]``, in batches; numpy arrays."""
+    batch_fn = make_batch_fn(cfg, n_fwd)
+    b = cfg.infer.batch_size
+    n = x.shape[0]
+    parts: list[dict[str, np.ndarray]] = []
+    key = jax.random.PRNGKey(seed)
+    for start in tqdm(range(0, n, b), disable=not progress, desc="infer", unit="batch"):
+        chunk = x[start : start + b]
+        pad = b - chunk.shape[0]
+        if pad:
+            chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+        out = batch_fn(params, jnp.asarray(chunk), jax.random.fold_in(key, start))
+        parts.append({k: np.asarray(v)[: b - pad] for k, v in out.items()})
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def unit_order(tensors: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(permutation from model order to unit-id order, sorted unit ids, held-out flags)."""
+    ids = np.concatenate([tensors["heldin_unit_ids"], tensors["heldout_unit_ids"]])
+    heldout = np.r_[
+        np.zeros(len(tensors["heldin_unit_ids"]), bool),
+        np.ones(len(tensors["heldout_unit_ids"]), bool),
+    ]
+    order = np.argsort(ids, kind="stable")
+    return order, ids[order], heldout[order]
+
+
+def nlb_name(source: Path | None, bin_ms: int) -> str:
+    """NLB's dataset group name when the source file names an NLB dataset, else ``custom``."""
+    text = str(source or "").lower().replace("-", "_")
+    for name in sorted(NLB_DATASETS, key=len, reverse=True):
+        if name in text:
+            try:
+                return nlb_dataset_name(name, bin_ms)
+            except ValueError:
+                break
+    return f"custom_{bin_ms}ms"
+
+
+def submission_from_inference(inf: dict[str, Any]) -> dict[str, np.ndarray]:
+    """NLB submission arrays (held-in / held-out, train / eval) from ``inference.h5``."""
+    heldout = np.asarray(inf["heldout"], bool)
+    split = np.asarray(inf["split"]).astype(str)
+    out = {}
+    for part, rows in (("train", split == "train"), ("eval", split != "train")):
+        for group, cols in (("heldin", ~heldout), ("heldout", heldout)):
+            out[f"{part}_rates_{group}"] = inf["rates"][rows][:, :, cols]
+            if part == "eval" and "rates_forward" in inf:
+                out[f"eval_rates_{group}_forward"] = inf["rates_forward"][rows][:, :, cols]
+    return out
+
+
+def infer_run(run: Path, progress: bool = True, write_nwb: bool = True) -> dict[str, Path]:
+    """Write ``inference.h5``, ``submission.h5`` and (with a source NWB) ``rates.nwb``."""
+    run = Path(run)
+    cfg = lfads_trainer.load_config(run)
+    for name in (INFERENCE, SUBMISSION, RATES_NWB):
+        if (run / name).exists():
+            raise RunFolderError(
+                f"{run / name} already exists; remove it to infer again (nothing overwritten)"
+            )
+    data, source = lfads_trainer.load_run_data(run)
+    params = lfads_trainer.load_params(run, cfg, data)
+    x = np.concatenate([data.train_input, data.eval_input])
+    split = np.array(["train"] * data.train_input.shape[0] + ["val"] * data.eval_input.shape[0])
+    trial_ids = np.concatenate([data.tensors["train_trial_ids"], data.tensors["eval_trial_ids"]])
+    out = infer_trials(params, cfg, x, data.n_fwd, cfg.train.seed, progress)
+    order, unit_ids, heldout = unit_order(data.tensors)
+    t_obs = data.n_obs
+    result: dict[str, Any] = {
+        "trial_ids": trial_ids,
+        "split": split.astype("S"),
+        "unit_ids": unit_ids,
+        "heldout": heldout,
+    }
+    for key in ("rates", "rates_jslds"):
+        if key in out:
+            result[key] = out[key][:, :t_obs][:, :, order].astype(np.float32)
+            if data.n_fwd:
+                result[f"{key}_forward"] = out[key][:, t_obs:][:, :, order].astype(np.float32)
+    for key in (
+        "factors",
+        "gen_states",
+        "jslds_states",
+        "expansion_points",
+        "fixed_point_residual",
+        "inferred_inputs",
+        "g0",
+    ):
+        if key in out:
+            result[key] = out[key].astype(np.float32)
+    attrs = {
+        "bin_ms": data.bin_ms,
+        "align_field": str(data.attrs.get("align_field", "move_onset_time")),
+        "window_ms": np.asarray(data.attrs.get("window_ms", [-250, 450])),
+        "generator": cfg.model.generator,
+        "samples": 0 if cfg.infer.posterior_mean else cfg.infer.samples,
+        "rates_unit": "spikes per bin",
+    }
+    save_h5_dict(run / INFERENCE, result, attrs)
+    written = {"inference": run / INFERENCE}
+    write_nlb_submission(
+        run / SUBMISSION, nlb_name(source, data.bin_ms), submission_from_inference(result)
+    )
+    written["submission"] = run / SUBMISSION
+    if write_nwb and source is not None and Path(source).exists():
+        written["nwb"] = _rates_into_nwb(run, Path(source), result, attrs)
+    elif write_nwb:
+        warnings.warn(
+            f"the source NWB {source} is not available: no rates.nwb written", stacklevel=2
+        )
+    return written
+
+
+def _rates_into_nwb(run: Path, source: Path, result: dict[str, Any], attrs: dict) -> Path:
+    from lfads_jslds.data.nwb import read_session
+
+    trials = read_session(source).trials
+    align = dict(zip(trials["id"].tolist(), trials[attrs["align_field"]].tolist(), strict=True))
+    write_rates_nwb(
+        source,
+        run / RATES_NWB,
+        result["rates"],
+        result["trial_ids"],
+        result["unit_ids"],
+        int(attrs["bin_ms"]),
+        np.array([align[i] for i in result["trial_ids"].tolist()]),
+        tuple(int(v) for v in attrs["window_ms"]),
+        f"LFADS-JSLDS ({attrs['generator']} generator) inferred rates, mean of "
+        f"{attrs['samples']} posterior samples (0: posterior means)",
+        extra={"factors": result["factors"]},
+    )
+    return run / RATES_NWB
+
+
+def load_inference(run: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(arrays, attrs) of a run's ``inference.h5``, or a message naming the missing stage."""
+    path = Path(run) / INFERENCE
+    if not path.exists():
+        raise RunFolderError(f"{run} has no {INFERENCE}: run `lfads-jslds infer {run}` first")
+    with open_hdf5(path, "an inference file") as f:
+        arrays, attrs = read_group(f), dict(f.attrs)
+    arrays["split"] = np.asarray(arrays["split"]).astype(str)
+    return arrays, attrs

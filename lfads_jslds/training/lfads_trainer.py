@@ -1,0 +1,468 @@
+"""Train LFADS(-JSLDS) on trial tensors: epochs of shuffled batches, one jitted step.
+
+Determinism: batch order comes from ``fold_in(data_key, epoch)`` and every random draw of
+a step (coordinated dropout, dropout, posterior samples) from ``fold_in(step_key, step)``,
+so a run resumed from a checkpoint ends with the same weights as an uninterrupted one.
+
+NaN guard: a step whose loss or gradients are not finite leaves weights and optimiser
+state untouched; after ``max_bad_steps`` of them in a row the run rolls back to the last
+epoch that ended cleanly and halves the learning rate (``max_rollbacks`` times at most,
+then it stops with a message). Non-finite weights are never saved.
+
+Early stopping watches an exponentially smoothed validation NLL of the eval trials'
+held-in neurons over the observed window (posterior means, dropout off). The held-out
+neurons and forward bins of eval trials are never used to choose weights, so co-bps and
+fp-bps on them stay honest. Comparison starts once the KL and L2 ramps are complete.
+
+Run folder: ``config.yaml``, ``data.json`` (where the tensors are), ``data.h5`` (when
+DATA was an NWB file), ``checkpoints/`` (latest), ``best/`` (early-stopping weights),
+``log.csv`` (one row per epoch), ``train.json`` (summary).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from lfads_jslds import config as config_lib
+from lfads_jslds.data import dataset
+from lfads_jslds.data.dataset import LFADSData
+from lfads_jslds.io import atomic
+from lfads_jslds.models import lfads
+from lfads_jslds.training.checkpoints import Checkpoints
+from lfads_jslds.training.run_config import RunConfig, validate
+from lfads_jslds.training.task_trainer import RunFolderError
+
+CONFIG, DATA_INFO, DATA_FILE, LOG, SUMMARY = (
+    "config.yaml",
+    "data.json",
+    "data.h5",
+    "log.csv",
+    "train.json",
+)
+#: Config sections a resumed run may change (more epochs, other inference settings).
+RESUMABLE_CHANGES = ("infer", "evaluate")
+RESUMABLE_TRAIN_FIELDS = ("max_epochs", "patience", "checkpoint_every")
+
+
+def seed_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(init_key, data_key, step_key)``: weights, batch order and step noise apart."""
+    k = jax.random.split(jax.random.PRNGKey(seed), 3)
+    return k[0], k[1], k[2]
+
+
+def ramp(epoch: int, start: int, length: int) -> float:
+    """0 before ``start``, then linear to 1 over ``length`` epochs (1 at once if 0)."""
+    if epoch < start:
+        return 0.0
+    return 1.0 if length == 0 else min(1.0, (epoch - start + 1) / length)
+
+
+def make_optimizer(cfg: RunConfig, steps_per_epoch: int) -> optax.GradientTransformation:
+    t = cfg.train
+    schedule = optax.exponential_decay(
+        t.lr, transition_steps=steps_per_epoch, decay_rate=t.lr_decay, staircase=True
+    )
+    return optax.chain(
+        optax.clip_by_global_norm(t.clip_norm),
+        optax.adamw(schedule, eps=t.adam_eps, weight_decay=t.weight_decay),
+    )
+
+
+def coordinated_dropout(
+    key: jax.Array, x: jax.Array, n_target_time: int, n_target_neurons: int, rate: float
+) -> tuple[jax.Array, jax.Array]:
+    """Mask a ``rate`` of the encoder's input entries; gradients flow only through those.
+
+    Returns the scaled input and a ``grad_mask [trial, T, neuron]`` for the targets: 0 on
+    the held-in observed entries the encoder saw (so the model cannot learn to copy its
+    input), 1 elsewhere (masked entries, held-out neurons, forward bins).
+    """
+    if rate == 0.0:
+        return x, jnp.ones((1, 1, 1))
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    x_in = jnp.where(keep, x / (1.0 - rate), 0.0)
+    mask = jnp.ones((x.shape[0], n_target_time, n_target_neurons))
+    mask = mask.at[:, : x.shape[1], : x.shape[2]].set(1.0 - keep)
+    return x_in, mask
+
+
+def make_train_step(
+    cfg: RunConfig, tx: optax.GradientTransformation, n_fwd: int
+) -> Callable[..., Any]:
+    """Jitted ``(params, opt, inputs, targets, idx, step, lr_scale, kl_w, l2_w)``.
+
+    Returns ``(params, opt, terms, ok)``; ``inputs``/``targets`` are the whole train set
+    on device and ``idx [batch]`` picks the batch inside the jit.
+    """
+    step_key = seed_keys(cfg.train.seed)[2]
+
+    def loss_fn(params: Any, x: jax.Array, target: jax.Array, key: jax.Array, kl_w, l2_w):
+        k_cd, k_model = jax.random.split(key)
+        x_in, grad_mask = coordinated_dropout(k_cd, x, *target.shape[1:], cfg.train.cd_rate)
+        out = lfads.forward(params, cfg.model, x_in, n_fwd, k_model, train=True)
+        terms = lfads.loss_terms(params, cfg.model, out, target, grad_mask)
+        total = lfads.total_loss(terms, cfg.model, cfg.loss, kl_w, l2_w)
+        return total, terms
+
+    @jax.jit
+    def step_fn(params, opt_state, inputs, targets, idx, step, lr_scale, kl_w, l2_w):
+        key = jax.random.fold_in(step_key, step)
+        (total, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, inputs[idx], targets[idx], key, kl_w, l2_w
+        )
+        updates, new_opt = tx.update(grads, opt_state, params)
+        updates = jax.tree.map(lambda u: u * lr_scale, updates)
+        new_params = optax.apply_updates(params, updates)
+        finite = [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]
+        ok = jnp.isfinite(total) & jnp.all(jnp.stack(finite))
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)  # noqa: E731
+        return keep(new_params, params), keep(new_opt, opt_state), dict(terms, total=total), ok
+
+    return step_fn
+
+
+def make_validation(cfg: RunConfig, n_fwd: int) -> Callable[..., Any]:
+    """Jitted per-trial NLLs ``(held-in observed, held-out + forward)`` and ‖a−g‖/‖g‖."""
+
+    @jax.jit
+    def val_fn(params, x, target):
+        out = lfads.forward(params, cfg.model, x, n_fwd, jax.random.PRNGKey(0), False, False)
+        n_obs, n_in = x.shape[1:]
+        heldin = lfads.poisson_nll(out.log_rates[:, :n_obs, :n_in], x, jnp.ones(()))
+        rest = lfads.poisson_nll(out.log_rates, target, jnp.ones(())) - heldin
+        if cfg.model.generator == "gru":
+            rel = jnp.zeros(x.shape[0])
+        else:
+            rel = jnp.mean(lfads.relative_error(out), axis=1)
+        return heldin, rest, rel
+
+    return val_fn
+
+
+@dataclass
+class Progress:
+    """What a checkpoint must carry besides weights to resume exactly."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0
+    lr_scale: float = 1.0
+    rollbacks: int = 0
+    skipped: int = 0
+    ema: float | None = None
+    best: float | None = None
+    best_epoch: int = -1
+    since_best: int = 0
+
+
+def prepare_run(
+    run: Path, cfg: RunConfig, data_path: Path, resume: bool
+) -> tuple[LFADSData, Path | None]:
+    """Check the run folder and the data, then (new run) write config and data files.
+
+    Returns the data and the source NWB (for ground truth), or None. Nothing is written
+    before every check has passed.
+    """
+    validate(cfg)
+    run = Path(run)
+    if run.exists() and not run.is_dir():
+        raise RunFolderError(f"run folder {run} exists and is not a folder")
+    if resume:
+        if not (run / CONFIG).exists() or Checkpoints(run / "checkpoints").latest_step() is None:
+            raise RunFolderError(f"{run} has no checkpoint; nothing to resume")
+        saved = config_lib.update(
+            RunConfig(), config_lib.load_yaml(run / CONFIG), str(run / CONFIG)
+        )
+        a, b = config_lib.to_dict(saved), config_lib.to_dict(cfg)
+        for d in (a, b):
+            for section in RESUMABLE_CHANGES:
+                d.pop(section)
+            for name in RESUMABLE_TRAIN_FIELDS:
+                d["train"].pop(name)
+        if a != b:
+            diff = [f"{s}.{k}" for s in a for k in a[s] if a[s][k] != b[s].get(k)]
+            raise RunFolderError(
+                f"{run}/{CONFIG} differs from the requested config in {', '.join(diff)}; "
+                "resume with the saved config (only train.max_epochs, train.patience, "
+                "train.checkpoint_every, infer.* and evaluate.* may change)"
+            )
+        return load_run_data(run)
+    if run.exists() and any(run.iterdir()):
+        raise RunFolderError(
+            f"run folder {run} already exists; pass --resume to continue it, or choose a new --out"
+        )
+    data_path = Path(data_path)
+    if not data_path.exists():
+        raise dataset.DataError(f"data file {data_path} does not exist")
+    nwb = dataset.is_nwb(data_path)
+    if nwb:  # check the session before creating anything
+        from lfads_jslds.data.nwb import read_session
+
+        read_session(data_path, behavior=["hand_vel"])
+    run.mkdir(parents=True, exist_ok=True)
+    try:
+        if nwb:
+            tensors_path = run / DATA_FILE
+            tensors, attrs = dataset.tensors_from_nwb(
+                data_path, tensors_path, cfg.data.bin_ms, cfg.data.lag_ms
+            )
+            data = dataset.from_tensors(tensors_path, tensors, attrs)
+        else:
+            tensors_path = data_path.resolve()
+            data = dataset.load(tensors_path)
+        check_batch(data, cfg)
+    except Exception:
+        for p in (run / DATA_FILE,):
+            p.unlink(missing_ok=True)
+        if not any(run.iterdir()):
+            run.rmdir()
+        raise
+    source = data.attrs.get("source") if nwb else data.attrs.get("source")
+    info = {"tensors": str(tensors_path), "source": source}
+    atomic.write_text(run / DATA_INFO, json.dumps(info, indent=2))
+    atomic.write_text(run / CONFIG, config_lib.dump_yaml(cfg))
+    return data, Path(source) if source else None
+
+
+def check_batch(data: LFADSData, cfg: RunConfig) -> None:
+    n = data.train_input.shape[0]
+    if n < cfg.train.batch_size:
+        raise config_lib.ConfigError(
+            f"{data.path}: {n} train trials are fewer than one batch (train.batch_size = "
+            f"{cfg.train.batch_size}); lower train.batch_size"
+        )
+
+
+def load_run_data(run: Path) -> tuple[LFADSData, Path | None]:
+    """The data a run was trained on (from ``data.json``)."""
+    info_path = Path(run) / DATA_INFO
+    if not info_path.exists():
+        raise RunFolderError(f"{run} has no {DATA_INFO}: not a run folder made by `train`")
+    info = json.loads(info_path.read_text())
+    data = dataset.load(Path(info["tensors"]))
+    return data, Path(info["source"]) if info.get("source") else None
+
+
+def load_config(run: Path) -> RunConfig:
+    path = Path(run) / CONFIG
+    if not path.exists():
+        raise RunFolderError(f"{run} has no {CONFIG}: not a run folder made by `train`")
+    return config_lib.update(RunConfig(), config_lib.load_yaml(path), str(path))
+
+
+def _trim_log(path: Path, last_epoch: int) -> None:
+    """Drop log rows after the epoch a resumed run restarts from."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    kept = rows[:1] + [r for r in rows[1:] if int(r[0]) <= last_epoch]
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows(kept)
+
+    atomic.atomic_write(path, write)
+
+
+def _drop_later_steps(folder: Path, epoch: int) -> None:
+    """Remove step folders after ``epoch`` (saved after the checkpoint a resume starts from)."""
+    if folder.is_dir():
+        for step in folder.iterdir():
+            if step.name.isdigit() and int(step.name) > epoch:
+                shutil.rmtree(step)
+
+
+def _finite(tree: Any) -> bool:
+    return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree))
+
+
+def init_state(cfg: RunConfig, data: LFADSData, tx: optax.GradientTransformation) -> tuple:
+    mean_counts = np.nanmean(data.train_target[:, : data.n_obs], axis=(0, 1))
+    params = lfads.init_params(
+        seed_keys(cfg.train.seed)[0], cfg.model, data.n_heldin, data.n_neurons, mean_counts
+    )
+    return params, tx.init(params)
+
+
+COLUMNS = (
+    "epoch",
+    "step",
+    "lr",
+    "kl_weight",
+    "l2_weight",
+    "total",
+    *lfads.LOSS_TERMS,
+    "val_nll_heldin",
+    "val_nll_smoothed",
+    "val_nll_heldout_fwd",
+    "val_rel_error",
+    "skipped",
+    "seconds",
+)
+
+
+def train(
+    cfg: RunConfig,
+    run: Path,
+    data: LFADSData,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train into ``run`` (prepared by ``prepare_run``); returns the summary in ``train.json``."""
+    run = Path(run)
+    t = cfg.train
+    n_train = data.train_input.shape[0]
+    steps_per_epoch = n_train // t.batch_size
+    tx = make_optimizer(cfg, steps_per_epoch)
+    params, opt_state = init_state(cfg, data, tx)
+    latest, best_ckpt = Checkpoints(run / "checkpoints", keep=2), Checkpoints(run / "best", keep=1)
+    prog = Progress()
+    if resume:
+        (params, opt_state), meta = latest.restore((params, opt_state))
+        prog = Progress(**meta)
+        _trim_log(run / LOG, prog.epoch)
+        _drop_later_steps(run / "best", prog.epoch)  # redone identically from here on
+        best_ckpt = Checkpoints(run / "best", keep=1)
+    step_fn = make_train_step(cfg, tx, data.n_fwd)
+    val_fn = make_validation(cfg, data.n_fwd)
+    inputs, targets = jnp.asarray(data.train_input), jnp.asarray(data.train_target)
+    ev_in, ev_tgt = jnp.asarray(data.eval_input), jnp.asarray(data.eval_target)
+    data_key = seed_keys(t.seed)[1]
+    ramps_done = t.kl_start_epoch + t.kl_ramp_epochs, t.l2_start_epoch + t.l2_ramp_epochs
+    good = (params, opt_state)
+    bad_in_a_row = 0
+    t0 = time.perf_counter()
+    log_path = run / LOG
+    new_log = not log_path.exists()
+    stop_reason = "max_epochs"
+
+    def validate_now() -> tuple[float, float, float]:
+        chunks = [
+            val_fn(params, ev_in[i : i + t.batch_size], ev_tgt[i : i + t.batch_size])
+            for i in range(0, ev_in.shape[0], t.batch_size)
+        ]
+        heldin, rest, rel = (np.concatenate([np.asarray(c[j]) for c in chunks]) for j in range(3))
+        return float(heldin.mean()), float(rest.mean()), float(rel.mean())
+
+    with (
+        open(log_path, "a", newline="") as log_file,
+        tqdm(total=t.max_epochs, initial=prog.epoch, disable=not progress, desc="train") as bar,
+    ):
+        writer = csv.writer(log_file)
+        if new_log:
+            writer.writerow(COLUMNS)
+        while prog.epoch < t.max_epochs:
+            epoch = prog.epoch
+            kl_w = ramp(epoch, t.kl_start_epoch, t.kl_ramp_epochs)
+            l2_w = ramp(epoch, t.l2_start_epoch, t.l2_ramp_epochs)
+            order = jax.random.permutation(jax.random.fold_in(data_key, epoch), n_train)
+            sums: dict[str, float] = {}
+            n_ok = 0
+            for b in range(steps_per_epoch):
+                idx = order[b * t.batch_size : (b + 1) * t.batch_size]
+                params, opt_state, terms, ok = step_fn(
+                    params, opt_state, inputs, targets, idx, prog.step, prog.lr_scale, kl_w, l2_w
+                )
+                prog.step += 1
+                if bool(ok):
+                    bad_in_a_row = 0
+                    n_ok += 1
+                    for k, v in terms.items():
+                        sums[k] = sums.get(k, 0.0) + float(v)
+                    continue
+                prog.skipped += 1
+                bad_in_a_row += 1
+                if bad_in_a_row >= t.max_bad_steps:
+                    if prog.rollbacks >= t.max_rollbacks:
+                        raise FloatingPointError(
+                            f"{bad_in_a_row} non-finite steps in a row at step {prog.step} after "
+                            f"{prog.rollbacks} rollbacks (lr scale {prog.lr_scale:g}); the last "
+                            f"finite weights are in {run / 'checkpoints'}. Check the data or "
+                            "lower train.lr."
+                        )
+                    params, opt_state = good
+                    prog.rollbacks += 1
+                    prog.lr_scale *= 0.5
+                    bad_in_a_row = 0
+                    tqdm.write(
+                        f"warning: {t.max_bad_steps} non-finite steps in a row at step "
+                        f"{prog.step}: rolled back to epoch {epoch} start, lr scale now "
+                        f"{prog.lr_scale:g}"
+                    )
+            prog.epoch += 1
+            if n_ok == steps_per_epoch:
+                good = (params, opt_state)
+            means = {k: v / max(n_ok, 1) for k, v in sums.items()}
+            val = (math.nan, math.nan, math.nan)
+            if prog.epoch % t.val_every == 0 or prog.epoch == t.max_epochs:
+                val = validate_now()
+                prog.ema = (
+                    val[0]
+                    if prog.ema is None
+                    else t.smoothing * prog.ema + (1 - t.smoothing) * val[0]
+                )
+                if epoch + 1 < max(ramps_done) or prog.best is None or prog.ema < prog.best:
+                    prog.best, prog.best_epoch, prog.since_best = prog.ema, prog.epoch, 0
+                    if _finite(params):
+                        best_ckpt.save(prog.epoch, params, {"epoch": prog.epoch, "ema": prog.ema})
+                else:
+                    prog.since_best += t.val_every
+            lr = t.lr * t.lr_decay**epoch * prog.lr_scale
+            row = [prog.epoch, prog.step, lr, kl_w, l2_w]
+            row += [means.get(k, math.nan) for k in ("total", *lfads.LOSS_TERMS)]
+            row += [val[0], prog.ema if prog.ema is not None else math.nan, val[1], val[2]]
+            row += [prog.skipped, time.perf_counter() - t0]
+            writer.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])
+            log_file.flush()
+            bar.set_postfix(
+                nll=f"{means.get('nll', math.nan):.4g}",
+                kl=f"{means.get('kl_ic', 0) + means.get('kl_co', 0):.3g}",
+                val=f"{val[0]:.4g}",
+                rel=f"{val[2]:.3f}",
+            )
+            bar.update(1)
+            stopping = prog.since_best >= t.patience and prog.epoch >= max(ramps_done)
+            if stopping or prog.epoch % t.checkpoint_every == 0 or prog.epoch == t.max_epochs:
+                latest.save(prog.epoch, good, vars(prog))
+            if stopping:
+                stop_reason = f"early stopping: no better smoothed val NLL for {t.patience} epochs"
+                break
+    summary = {
+        "epochs": prog.epoch,
+        "steps": prog.step,
+        "best_epoch": prog.best_epoch,
+        "best_val_nll_smoothed": prog.best,
+        "skipped_steps": prog.skipped,
+        "rollbacks": prog.rollbacks,
+        "stop_reason": stop_reason,
+        "train_seconds": time.perf_counter() - t0,
+    }
+    atomic.write_text(run / SUMMARY, json.dumps(summary, indent=2))
+    return summary
+
+
+def load_params(run: Path, cfg: RunConfig, data: LFADSData) -> Any:
+    """The early-stopping weights of a run (the latest ones if no validation ran)."""
+    tx = make_optimizer(cfg, 1)
+    params, opt_state = init_state(cfg, data, tx)
+    best = Checkpoints(Path(run) / "best", keep=1)
+    if best.latest_step() is not None:
+        return best.restore(params)[0]
+    latest = Checkpoints(Path(run) / "checkpoints", keep=2)
+    if latest.latest_step() is None:
+        raise RunFolderError(f"{run} has no checkpoint: run `lfads-jslds train` first")
+    return latest.restore((params, opt_state))[0][0]

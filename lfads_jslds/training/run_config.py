@@ -1,0 +1,112 @@
+"""The one typed config of an LFADS run: model, loss weights, training, inference, data.
+
+YAML files under ``pipelines/configs/`` and ``--set key=value`` overrides fill it
+(``lfads_jslds.config.resolve``); the resolved config is saved as the run's ``config.yaml``.
+Epoch-based quantities (ramps, patience) count passes over the training trials.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lfads_jslds.config import ConfigError
+from lfads_jslds.models.lfads import LFADSConfig, LossWeights
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How an NWB input is cut (ignored when DATA is already a tensor file)."""
+
+    bin_ms: int = 20
+    lag_ms: int | None = None  # behaviour lag; None: NLB's 100 ms
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 25
+    max_epochs: int = 1000
+    lr: float = 4e-3
+    lr_decay: float = 1.0  # per epoch: lr · lr_decay^epoch
+    weight_decay: float = 0.0  # AdamW's decoupled decay
+    adam_eps: float = 1e-8
+    clip_norm: float = 200.0  # global gradient norm
+    kl_start_epoch: int = 0
+    kl_ramp_epochs: int = 50  # KL weight rises linearly 0 → 1 over these epochs
+    l2_start_epoch: int = 0
+    l2_ramp_epochs: int = 50
+    cd_rate: float = 0.3  # coordinated dropout: fraction of input entries masked
+    val_every: int = 1  # epochs between validations
+    smoothing: float = 0.9  # EMA factor of the validation NLL used for early stopping
+    patience: int = 200  # epochs without a better smoothed validation NLL before stopping
+    checkpoint_every: int = 25  # epochs
+    max_bad_steps: int = 10  # non-finite steps in a row before rolling back
+    max_rollbacks: int = 5  # rollbacks (each halves the lr) before giving up
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    samples: int = 50  # posterior samples averaged for the rates
+    batch_size: int = 100  # trials per inference batch (bounds memory)
+    posterior_mean: bool = False  # rates from the posterior means alone (no sampling)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """NLB's smoothing baseline (mc_maze: 50 ms, 0.01; the smaller MC_Maze sets: 60 ms, 0.1)."""
+
+    smooth_sd_ms: float = 50.0
+    smooth_alpha: float = 0.01
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: LFADSConfig = field(default_factory=LFADSConfig)
+    loss: LossWeights = field(default_factory=LossWeights)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+
+def validate(cfg: RunConfig) -> None:
+    """Refuse values that would only fail after compiling, or mid-run."""
+    m, t, i = cfg.model, cfg.train, cfg.infer
+    positive = {
+        "model.ic_enc_dim": m.ic_enc_dim,
+        "model.ic_dim": m.ic_dim,
+        "model.gen_dim": m.gen_dim,
+        "model.fac_dim": m.fac_dim,
+        "train.batch_size": t.batch_size,
+        "train.max_epochs": t.max_epochs,
+        "train.val_every": t.val_every,
+        "train.checkpoint_every": t.checkpoint_every,
+        "train.max_bad_steps": t.max_bad_steps,
+        "infer.samples": i.samples,
+        "infer.batch_size": i.batch_size,
+        "data.bin_ms": cfg.data.bin_ms,
+    }
+    if m.co_dim > 0:
+        positive.update({"model.ci_enc_dim": m.ci_enc_dim, "model.con_dim": m.con_dim})
+    bad = [f"{k} = {v}" for k, v in positive.items() if v < 1]
+    if bad:
+        raise ConfigError(f"must be at least 1: {', '.join(bad)}")
+    nonneg = {
+        "model.co_dim": m.co_dim,
+        "model.ci_lag": m.ci_lag,
+        "train.kl_ramp_epochs": t.kl_ramp_epochs,
+        "train.l2_ramp_epochs": t.l2_ramp_epochs,
+        "train.max_rollbacks": t.max_rollbacks,
+        "train.patience": t.patience,
+    }
+    bad = [f"{k} = {v}" for k, v in nonneg.items() if v < 0]
+    for name, value in {"model.dropout": m.dropout, "train.cd_rate": t.cd_rate}.items():
+        if not 0.0 <= value < 1.0:
+            bad.append(f"{name} = {value} (needs 0 <= value < 1)")
+    if not 0.0 <= t.smoothing < 1.0:
+        bad.append(f"train.smoothing = {t.smoothing} (needs 0 <= value < 1)")
+    for name, value in {"train.lr": t.lr, "model.cell_clip": m.cell_clip}.items():
+        if value <= 0:
+            bad.append(f"{name} = {value} (must be > 0)")
+    if bad:
+        raise ConfigError(f"invalid config values: {', '.join(bad)}")
