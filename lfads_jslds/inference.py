@@ -200,9 +200,8 @@ def infer_run(run: Path, progress: bool = True, write_nwb: bool = True) -> dict[
     if write_nwb and source is not None and Path(source).exists():
         written["nwb"] = _rates_into_nwb(run, Path(source), result, attrs)
     elif write_nwb:
-        warnings.warn(
-            f"the source NWB {source} is not available: no rates.nwb written", stacklevel=2
-        )
+        why = "the tensors name no source NWB" if source is None else f"{source} is missing"
+        warnings.warn(f"no rates.nwb written: {why}", stacklevel=2)
     return written
 
 

@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 import yaml
@@ -259,37 +258,6 @@ def test_resume_without_checkpoint(in_tmp, folder):
 
 
 # --- task train: a tiny run, evaluated and resumed --------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-    """JAX's persistent compilation cache, on for this module's runs only.
-
-    ``train`` and ``evaluate`` build fresh jitted closures on each call, so a resumed
-    run would recompile the same train step (most of a tiny run's time). With the cache
-    the second compile is a disk read. Without jax's ``reset_cache`` (private) the
-    cache stays off: slower, same results.
-    """
-    try:
-        from jax._src.compilation_cache import reset_cache
-    except ImportError:
-        yield
-        return
-    settings = {
-        "jax_compilation_cache_dir": str(tmp_path_factory.mktemp("jax_cache")),
-        "jax_persistent_cache_min_compile_time_secs": 0,
-        "jax_persistent_cache_min_entry_size_bytes": 0,
-    }
-    saved = {name: getattr(jax.config, name) for name in settings}
-    for name, value in settings.items():
-        jax.config.update(name, value)
-    reset_cache()
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            jax.config.update(name, value)
-        reset_cache()
 
 
 @pytest.fixture(scope="module")

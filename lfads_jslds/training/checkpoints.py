@@ -48,11 +48,16 @@ class _HideOrbaxInfo(logging.Filter):
     """Drop orbax's INFO records (dozens per save) so tqdm progress bars stay readable.
 
     A filter on absl's logger rather than a lower verbosity: it also covers orbax's worker
-    threads, and lets orbax's warnings and every other absl user through.
+    threads, and lets every other absl user through. Orbax's warnings pass too, except
+    the ones a read-only manager (how ``restore`` opens a folder) always logs.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or not record.pathname.startswith(_ORBAX_DIR)
+        if not record.pathname.startswith(_ORBAX_DIR):
+            return True
+        text = record.getMessage()
+        read_only_notice = "read_only=True" in text or "directory is read only" in text
+        return record.levelno >= logging.WARNING and not read_only_notice
 
 
 def _quiet_orbax() -> None:

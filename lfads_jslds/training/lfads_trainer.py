@@ -388,6 +388,8 @@ def train(
                 bad_in_a_row += 1
                 if bad_in_a_row >= t.max_bad_steps:
                     if prog.rollbacks >= t.max_rollbacks:
+                        if latest.latest_step() != epoch:
+                            latest.save(epoch, good, vars(prog))
                         raise FloatingPointError(
                             f"{bad_in_a_row} non-finite steps in a row at step {prog.step} after "
                             f"{prog.rollbacks} rollbacks (lr scale {prog.lr_scale:g}); the last "
