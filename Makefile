@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-RUN ?= runs/flipflop-demo-$(shell date +%Y%m%d-%H%M%S)
+RUN ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
+DEMO_DATA := runs/synthetic_small.nwb
 
 .PHONY: demo test lint bench
 
@@ -13,9 +14,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-## demo: train the 3-bit flip-flop JSLDS for a short run and print where it is
-demo: $(STAMP)
-	$(BIN)/lfads-jslds task train flipflop --out $(RUN) --steps 300
+$(DEMO_DATA): | $(STAMP)
+	$(BIN)/lfads-jslds synth $@ --preset small
+
+## demo: synthetic session -> train LFADS-JSLDS -> infer -> evaluate; prints a summary table
+demo: $(STAMP) $(DEMO_DATA)
+	$(BIN)/lfads-jslds run $(DEMO_DATA) --out $(RUN) --config pipelines/configs/synthetic_demo.yaml
 
 ## test: the whole test suite (what CI runs)
 test: $(STAMP)
@@ -24,6 +28,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-## bench: JSLDS vs standard RNN training-step time at the paper's sizes
+## bench: JSLDS vs standard training-step time (paper's task sizes, then MC_Maze LFADS sizes)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/jslds_step.py
+	$(BIN)/python benchmarks/lfads_step.py

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lfads_jslds.models.cells import init_lfads_gru, lfads_gru
+from lfads_jslds.models.cells import init_lfads_gru, lfads_gru, lfads_gru_projected
 from lfads_jslds.models.expansion import init_expansion
 from lfads_jslds.models.jslds import jslds_step
 
@@ -119,21 +119,26 @@ def init_params(
 # --------------------------------------------------------------------------- pieces
 
 
-def gru_scan(params: Params, h0: jax.Array, xs: jax.Array, clip: float) -> jax.Array:
-    """States ``[time, n]`` of an LFADS GRU run over ``xs: [time, u]``."""
+def encode(encoders: list[Params], xs: jax.Array, clip: float) -> list[tuple[jax.Array, jax.Array]]:
+    """Bidirectional GRU encoders over ``xs: [time, u]``: ``[(fwd, bwd), ...]``, each ``[time, n]``.
 
-    def step(h: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        h = lfads_gru(params, h, x, clip=clip)
-        return h, h
+    All directions of all encoders advance in one ``lax.scan`` (fewer sequential steps),
+    with their input projections computed for every time step up front (one matmul each).
+    ``bwd[t]`` is the backward state after reading ``xs[t:]`` (aligned to input time).
+    """
+    cells = [enc[d] for enc in encoders for d in ("fwd", "bwd")]
+    h0 = tuple(enc["h0"][i] for enc in encoders for i in (0, 1))
+    inputs = [xs if i % 2 == 0 else xs[::-1] for i in range(len(cells))]
+    gxs = tuple(x @ c["W_x"].T + c["b_x"] for x, c in zip(inputs, cells, strict=True))
 
-    return jax.lax.scan(step, h0, xs)[1]
+    def step(hs: tuple, gx: tuple) -> tuple[tuple, tuple]:
+        hs = tuple(
+            lfads_gru_projected(c, h, g, clip) for c, h, g in zip(cells, hs, gx, strict=True)
+        )
+        return hs, hs
 
-
-def bidirectional(enc: Params, xs: jax.Array, clip: float) -> tuple[jax.Array, jax.Array]:
-    """Forward and backward state sequences ``[time, n]`` each, aligned to input time."""
-    fwd = gru_scan(enc["fwd"], enc["h0"][0], xs, clip)
-    bwd = gru_scan(enc["bwd"], enc["h0"][1], xs[::-1], clip)[::-1]
-    return fwd, bwd
+    seqs = jax.lax.scan(step, h0, gxs)[1]
+    return [(seqs[2 * i], seqs[2 * i + 1][::-1]) for i in range(len(encoders))]
 
 
 def normalised_rows(w: jax.Array) -> jax.Array:
@@ -218,7 +223,8 @@ def forward_trial(
     clip = cfg.cell_clip
     x = dropout(keys[0], x, cfg.dropout, train)
 
-    fwd, bwd = bidirectional(params["ic_enc"], x, clip)
+    encoders = [params["ic_enc"]] + ([params["ci_enc"]] if cfg.co_dim > 0 else [])
+    (fwd, bwd), *ci_seqs = encode(encoders, x, clip)
     h_ic = dropout(keys[1], jnp.concatenate([fwd[-1], bwd[0]]), cfg.dropout, train)
     ic = params["ic"]["W"] @ h_ic + params["ic"]["b"]
     ic_mean, ic_var = ic[: cfg.ic_dim], jnp.exp(ic[cfg.ic_dim :]) + cfg.ic_post_var_min
@@ -231,7 +237,7 @@ def forward_trial(
 
     co, use_jslds = cfg.co_dim, cfg.generator != "gru"
     if co > 0:
-        cf, cb = bidirectional(params["ci_enc"], x, clip)
+        ((cf, cb),) = ci_seqs
         lag = cfg.ci_lag
         cf = jnp.concatenate([jnp.zeros((lag, cf.shape[1]), dt), cf[: t_obs - lag]])
         cb = jnp.concatenate([cb[lag:], jnp.zeros((lag, cb.shape[1]), dt)])
