@@ -94,33 +94,15 @@ def prepare(
 
     def go() -> None:
         from lfads_jslds.config import ConfigError
-        from lfads_jslds.data.nwb import read_session
-        from lfads_jslds.data.prepare import (
-            DEFAULT_LAG_MS,
-            export_lfads_torch,
-            write_tensors,
-        )
-        from lfads_jslds.data.prepare import (
-            prepare as make_tensors,
-        )
+        from lfads_jslds.data.dataset import tensors_from_nwb
+        from lfads_jslds.data.prepare import export_lfads_torch
 
         for target in (out, lfads_torch):
             if target is not None and target.exists():
                 raise ConfigError(f"{target} already exists; choose another path")
         if phase not in ("val", "test"):
             raise ConfigError(f"--phase must be val or test, got {phase!r}")
-        session = read_session(nwb, behavior=["hand_vel"])
-        tensors = make_tensors(session, bin_ms=bin_ms, lag_ms=lag_ms, phase=phase)
-        attrs = {
-            "bin_ms": bin_ms,
-            "align_field": "move_onset_time",
-            "window_ms": [-250, 450],
-            "forward_ms": 200,
-            "lag_ms": DEFAULT_LAG_MS if lag_ms is None else lag_ms,
-            "phase": phase,
-            "source": str(nwb),
-        }
-        write_tensors(out, tensors, attrs)
+        tensors, _ = tensors_from_nwb(nwb, out, bin_ms, lag_ms, phase)
         if lfads_torch is not None:
             export_lfads_torch(lfads_torch, tensors)
         shapes = ", ".join(

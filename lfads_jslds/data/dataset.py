@@ -62,18 +62,18 @@ def is_nwb(path: Path) -> bool:
 
 
 def tensors_from_nwb(
-    nwb: Path, out: Path, bin_ms: int, lag_ms: int | None
+    nwb: Path, out: Path, bin_ms: int, lag_ms: int | None, phase: str = "val"
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Prepare NLB tensors (phase ``val``) from ``nwb`` and write them to ``out``."""
+    """Prepare NLB tensors from ``nwb`` and write them, with their attributes, to ``out``."""
     session = read_session(nwb, behavior=["hand_vel"])
-    tensors = prepare(session, bin_ms=bin_ms, lag_ms=lag_ms, phase="val")
+    tensors = prepare(session, bin_ms=bin_ms, lag_ms=lag_ms, phase=phase)
     attrs = {
         "bin_ms": bin_ms,
         "align_field": "move_onset_time",
         "window_ms": [-250, 450],
         "forward_ms": 200,
         "lag_ms": DEFAULT_LAG_MS if lag_ms is None else lag_ms,
-        "phase": "val",
+        "phase": phase,
         "source": str(Path(nwb).resolve()),
     }
     write_tensors(out, tensors, attrs)

@@ -44,7 +44,7 @@ from lfads_jslds.io import atomic
 from lfads_jslds.models import lfads
 from lfads_jslds.training.checkpoints import Checkpoints
 from lfads_jslds.training.run_config import RunConfig, validate
-from lfads_jslds.training.task_trainer import RunFolderError
+from lfads_jslds.training.task_trainer import RunFolderError, trim_log
 
 CONFIG, DATA_INFO, DATA_FILE, LOG, SUMMARY = (
     "config.yaml",
@@ -263,21 +263,6 @@ def load_config(run: Path) -> RunConfig:
     return config_lib.update(RunConfig(), config_lib.load_yaml(path), str(path))
 
 
-def _trim_log(path: Path, last_epoch: int) -> None:
-    """Drop log rows after the epoch a resumed run restarts from."""
-    if not path.exists():
-        return
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    kept = rows[:1] + [r for r in rows[1:] if int(r[0]) <= last_epoch]
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
-            csv.writer(f).writerows(kept)
-
-    atomic.atomic_write(path, write)
-
-
 def _drop_later_steps(folder: Path, epoch: int) -> None:
     """Remove step folders after ``epoch`` (saved after the checkpoint a resume starts from)."""
     if folder.is_dir():
@@ -334,7 +319,7 @@ def train(
     if resume:
         (params, opt_state), meta = latest.restore((params, opt_state))
         prog = Progress(**meta)
-        _trim_log(run / LOG, prog.epoch)
+        trim_log(run / LOG, prog.epoch)
         _drop_later_steps(run / "best", prog.epoch)  # redone identically from here on
         best_ckpt = Checkpoints(run / "best", keep=1)
     step_fn = make_train_step(cfg, tx, data.n_fwd)

@@ -160,8 +160,8 @@ def prepare_run_folder(run: Path, cfg: TaskTrainConfig, resume: bool) -> None:
     atomic.write_text(run / CONFIG, config_lib.dump_yaml(cfg))
 
 
-def _trim_log(path: Path, last_step: int) -> None:
-    """Drop log rows after the checkpoint a resumed run restarts from."""
+def trim_log(path: Path, last_step: int) -> None:
+    """Drop CSV log rows (first column: step or epoch) after the checkpoint a resume starts from."""
     if not path.exists():
         return
     with open(path, newline="") as f:
@@ -191,7 +191,7 @@ def train(
                 f"{run} is already at step {state.step}; ask for more steps than that"
             )
         atomic.write_text(run / CONFIG, config_lib.dump_yaml(cfg))
-        _trim_log(run / LOG, state.step)
+        trim_log(run / LOG, state.step)
     else:
         params = task_model.init_params(
             seed_keys(cfg.optim.seed)[0], cfg.model, spec.n_in, spec.n_out
