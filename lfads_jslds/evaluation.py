@@ -1,7 +1,8 @@
-"""``metrics.json`` of a run: NLB metrics on the eval (val) trials, with references.
+"""``metrics.json`` of a run: NLB metrics on the eval trials (val; test files hide the
+held-out targets, so only what they allow is scored), with references.
 
 Keys (DESIGN §7): ``co-bps``, ``fp-bps``, ``vel R2``, ``psth R2`` (NLB's spellings) of the
-generator's rates, ``split`` ("val"), ``skipped`` (metrics whose inputs are absent);
+generator's rates, ``split`` ("val" or "test"), ``skipped`` (metrics whose inputs are absent);
 ``smoothing_baseline``: the same metrics for NLB's spike-smoothing baseline;
 ``jslds_path``: the same for the JSLDS path's rates (JSLDS generators); ``jslds``:
 ``mean_relative_error`` (‖a − g‖/‖g‖ over eval trials and bins) and
@@ -72,7 +73,7 @@ def evaluate_run(run: Path) -> dict[str, Any]:
     data, source = lfads_trainer.load_run_data(run)
     tensors = data.tensors
     result = _nlb(submission_from_inference(inf), tensors)
-    result["split"] = "val"
+    result["split"] = "test" if data.attrs.get("phase") == "test" else "val"
     bin_ms = int(attrs["bin_ms"])
     base = metrics.smoothing_baseline(
         tensors["train_spikes_heldin"],

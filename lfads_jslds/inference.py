@@ -12,8 +12,9 @@ one batch × one sample, whatever the number of trials.
 
 ``inference.h5`` (DESIGN §7): ``rates`` [trial, T_obs, neuron] and ``rates_forward``
 [trial, T_fwd, neuron] in spikes per bin, neurons in NWB unit-id order (``unit_ids``;
-``heldout`` flags them); ``trial_ids`` (NWB trials-table ids), ``split`` ("train" / "val");
-over the observed window: ``factors``, ``gen_states``, ``jslds_states``,
+``heldout`` flags them); ``trial_ids`` (NWB trials-table ids), ``split`` ("train", and
+"val" or "test" after the tensor file's phase); over the observed window: ``factors``,
+``gen_states``, ``jslds_states``,
 ``expansion_points``, ``fixed_point_residual`` (‖F(e*, 0) − e*‖, [trial, T_obs]),
 ``inferred_inputs``; for JSLDS generators also ``rates_jslds`` / ``rates_jslds_forward``.
 Attributes: ``bin_ms``, ``align_field``, ``window_ms``, ``generator``, ``samples``.
@@ -156,7 +157,10 @@ def infer_run(run: Path, progress: bool = True, write_nwb: bool = True) -> dict[
     data, source = lfads_trainer.load_run_data(run)
     params = lfads_trainer.load_params(run, cfg, data)
     x = np.concatenate([data.train_input, data.eval_input])
-    split = np.array(["train"] * data.train_input.shape[0] + ["val"] * data.eval_input.shape[0])
+    eval_label = "test" if data.attrs.get("phase") == "test" else "val"
+    split = np.array(
+        ["train"] * data.train_input.shape[0] + [eval_label] * data.eval_input.shape[0]
+    )
     trial_ids = np.concatenate([data.tensors["train_trial_ids"], data.tensors["eval_trial_ids"]])
     out = infer_trials(params, cfg, x, data.n_fwd, cfg.train.seed, progress)
     order, unit_ids, heldout = unit_order(data.tensors)

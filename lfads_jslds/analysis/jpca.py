@@ -217,7 +217,7 @@ def _orient_plane(Q: np.ndarray, start: np.ndarray, samples: np.ndarray) -> np.n
     _, vecs = np.linalg.eigh(p.T @ p)
     u = vecs[:, -1]  # direction of largest spread
     R = np.array([[u[0], -u[1]], [u[1], u[0]]])  # rotation taking e1 to u
-    Q = Q
+    Q = Q @ R
     a1 = samples @ Q[:, 1]
     if a1[np.argmax(np.abs(a1))] < 0:
         Q = -Q
