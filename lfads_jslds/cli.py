@@ -271,6 +271,26 @@ def evaluate(run: RunArg) -> None:
     _run(lambda: _evaluate_stage(run))
 
 
+def _analyze_stage(run: Path) -> None:
+    from lfads_jslds.analysis.report import ANALYSIS, analyze_run
+
+    s = analyze_run(run)
+    tau = s["tau_s_median"]
+    typer.echo(
+        f"dominant rotational mode: {s['rotation_hz_median']:.3g} Hz median (IQR "
+        f"{s['rotation_hz_iqr']:.3g}), tau {'inf' if tau is None else f'{tau:.3g} s'}; "
+        f"jPCA {s['jpca']['rotation_hz']:.3g} Hz (R² skew {s['jpca']['r2_skew']:.2f}); "
+        f"median ‖F(e*)−e*‖ {s['fixed_point_residual_median']:.3g} ({s['expansion_points_source']})"
+    )
+    typer.echo(f"wrote {run / ANALYSIS}")
+
+
+@app.command("analyze")
+def analyze(run: RunArg) -> None:
+    """Per-trial fixed points, Jacobian modes, rotations, jPCA and figures: RUN/analysis/."""
+    _run(lambda: _analyze_stage(run))
+
+
 @app.command("run")
 def run_all(
     data: Annotated[Path, typer.Argument(help="NWB session or NLB tensor file.")],
@@ -280,12 +300,13 @@ def run_all(
     resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
     progress: ProgressOption = True,
 ) -> None:
-    """All stages: train, infer, evaluate; prints a summary and where the run folder is."""
+    """All stages: train, infer, evaluate, analyze; prints a summary and the run folder."""
 
     def go() -> None:
         _train_stage(data, out, config, set_, resume, progress)
         _infer_stage(out, progress)
         _evaluate_stage(out)
+        _analyze_stage(out)
         typer.echo(f"run folder: {out.resolve()}")
 
     _run(go)

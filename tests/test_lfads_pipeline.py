@@ -65,6 +65,8 @@ def planted_tensors(n_train=16, n_eval=8, t=8, fwd=2, n_in=6, n_out=3, seed=0):
         "eval_trial_ids": np.arange(n_train, n),
         "heldin_unit_ids": np.arange(n_in) * 2,  # interleaved ids: outputs must re-sort them
         "heldout_unit_ids": np.arange(n_out) * 2 + 1,
+        "train_cond_id": (phase[tr] // (np.pi / 2)).astype(int),  # 4 phase quadrants
+        "eval_cond_id": (phase[ev] // (np.pi / 2)).astype(int),
     }
 
 
@@ -227,9 +229,49 @@ def test_run_writes_the_documented_outputs(tmp_path, tensors_file):
     assert set(metrics["skipped"]) == {"vel R2", "psth R2"}  # no behaviour, no conditions
     assert (run / "submission.h5").exists() and (run / "config.yaml").exists()
     assert not (run / "rates.nwb").exists()  # tensors input: no source NWB
+    summary = json.loads((run / "analysis" / "summary.json").read_text())
+    for key in (
+        "rotation_hz_median",
+        "rotation_hz_iqr",
+        "tau_s_median",
+        "fixed_point_residual_median",
+        "n_trials",
+        "dt_s",
+        "eig_sort",
+    ):
+        assert key in summary, key
+    assert (
+        summary["n_trials"] == n and summary["dt_s"] == 0.02 and summary["eig_sort"] == "abs_desc"
+    )
+    assert summary["expansion_points_source"].startswith("expansion network")
+    assert json.dumps(summary, allow_nan=False)  # no NaN or inf anywhere
+    for name in (
+        "eigenvalues",
+        "mode_histograms",
+        "rosette_jpca",
+        "expansion_points_pca",
+        "raster_vs_rates",
+    ):
+        assert (run / "analysis" / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     # a second infer or evaluate never overwrites
     again = runner.invoke(app, ["infer", str(run), "--no-progress"])
     assert again.exit_code == 1 and "already exists" in again.output
+
+
+def test_analysis_of_a_gru_run_falls_back_to_numerical_fixed_points(tmp_path, tensors_file):
+    run = tmp_path / "run"
+    args = ["train", str(tensors_file), "--out", str(run), "--no-progress"]
+    args += [a for s in TINY + ["model.generator=gru", "train.max_epochs=2"] for a in ("--set", s)]
+    assert runner.invoke(app, args).exit_code == 0
+    missing = runner.invoke(app, ["analyze", str(run)])
+    assert missing.exit_code == 1 and "lfads-jslds infer" in missing.output
+    assert runner.invoke(app, ["infer", str(run), "--no-progress"]).exit_code == 0
+    result = runner.invoke(app, ["analyze", str(run)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((run / "analysis" / "summary.json").read_text())
+    assert summary["expansion_points_source"].startswith("nearest numerical fixed point")
+    assert summary["numerical_fixed_points"]["found"] >= 1
+    json.dumps(summary, allow_nan=False)
 
 
 def _write(tmp_path, **changes):

@@ -1,0 +1,747 @@
+"""Per-trial Jacobian modes of a JSLDS generator: which rotation carries each trial.
+
+Why: a trained JSLDS generator is, at every (trial, time), the linear system
+``a_t − e*_t = J_h (a_{t−1} − e*_t) + J_u u_t`` around its expansion point ``e*_t``.
+Its eigenvalues say how each local mode rotates and decays, but the slowest mode is
+not the one the trajectory uses: the question here is *which* complex-conjugate pair
+carries the trajectory's deviation from ``e*``, at what frequency and time constant,
+in which plane, and whether that differs between trials and conditions. Over a data
+set (e.g. 2295 trials × 140 bins at n = 100) the ``n × n`` eigenvector matrices of every
+point would not fit in memory, so everything here runs in fixed-size chunks and keeps
+only compact summaries; memory is bounded by ``chunk`` plus the ``[trial, time, n]``
+eigenvalues, whatever the number of points.
+
+Dominant rotational mode of a point (``jacobian_modes``), with ``J_h = V Λ V^{-1}``
+(right eigenvectors ``v_k`` the columns of ``V``, left eigenvectors ``w_k`` the rows of
+``W = V^{-1}``, see ``analysis.eigen``):
+
+- ``d = state − e*`` is written in mode coordinates ``c_k = w_k · d`` (exactly,
+  ``d = Σ_k c_k v_k``, also for a non-orthogonal ``V``). Mode ``k``'s contribution is
+  ``|c_k| · ‖v_k‖``: the norm of its component ``c_k v_k`` in state space. ``|c_k|``
+  alone is not a measure: rescaling ``v_k → s v_k`` rescales ``w_k → w_k / s`` and hence
+  ``c_k → c_k / s``; only the product is independent of how eigenvectors are normalised
+  (LAPACK returns ``‖v_k‖ = 1``, so it equals ``|c_k|`` there, but it is computed).
+- A conjugate pair ``(k, k̄)`` contributes ``|c_k|‖v_k‖ + |c_k̄|‖v_k̄‖ = 2|c_k|‖v_k‖``
+  (for real ``J_h`` and ``d``, ``c_k̄ = conj(c_k)`` and ``v_k̄ = conj(v_k)``). This sum,
+  rather than the norm of the real component ``2 Re(c_k v_k)``, is used because it does
+  not depend on the phase of the oscillation at time ``t``: ``‖2 Re(c_k v_k)‖``
+  swings between ``2|c_k|·σ_min`` and ``2|c_k|·σ_max`` of ``[Re v_k, Im v_k]`` over a
+  cycle, while ``2|c_k|‖v_k‖`` is √2 times its RMS over phase.
+- ``share`` = the pair's contribution / ``Σ_k |c_k|‖v_k‖`` over all ``n`` modes (so the
+  shares of all modes sum to 1). It is a share of modal amplitude, not of ``‖d‖``:
+  for non-normal ``J_h`` modes can cancel, ``Σ_k |c_k|‖v_k‖ ≥ ‖d‖``.
+- Rotating pairs are the eigenvalues with ``Im λ > imag_tol · |λ|`` (i.e.
+  ``sin|angle λ| > imag_tol``; one member per pair, the ``Im λ > 0`` one); the dominant
+  pair is the rotating pair with the largest contribution (ties: the first in EIG_SORT
+  order, i.e. the slowest). Non-rotating modes never compete, however large their
+  ``|λ|`` or contribution: a real mode carries no rotation.
+- A point with no rotating pair has ``has_rotation = False`` and every dominant-mode
+  field reads as ``λ = 0``: frequency, τ, half-life, ``|λ|``, share, amplitude and input
+  gain are 0, ``stable`` is True, ``dominant_index`` is −1. Nothing is ever NaN.
+- ``d`` is ``states − points`` as given. With ``states = jslds_states`` (``a_t``) and
+  ``points = expansion_points`` (``e*_t = E(a_{t−1})``) it is the deviation the local
+  linear system at ``e*_t`` produced at step ``t``; pass ``a_{t−1}`` instead for the
+  deviation it was applied to.
+
+Conventions: ``dt`` (Δt) in seconds, frequencies in Hz (``|angle λ| / (2π Δt)``, at most
+Nyquist ``1/(2Δt)``), time constants ``τ = −Δt / ln|λ|`` and half-lives ``τ ln 2`` in
+seconds; *here* ``τ = half-life = +inf`` for every non-decaying mode (``|λ| ≥ 1``: use
+``abs_lambda`` and ``stable`` for the growth; ``analysis.eigen`` would give a negative τ),
+and JSON summaries write ``+inf`` as ``None`` with an explicit ``*_infinite`` flag.
+Eigenvalues are in EIG_SORT order (``|λ|`` descending). Shapes: ``[trial, time, n]``;
+the cell acts on one sample, ``cell(params, h: [n], u: [u_dim]) -> [n]``, linearised at
+``u* = 0``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from lfads_jslds.analysis.eigen import EIG_SORT, _sort_index, discrete_to_continuous
+
+__all__ = [
+    "JacobianModes",
+    "TrialModeSummary",
+    "jacobian_modes",
+    "trial_summaries",
+    "plane_angle_summary",
+    "summarize_modes",
+    "fixed_point_residual",
+    "count_distinct",
+    "distance_to_nearest",
+]
+
+Cell = Callable[[Any, jax.Array, jax.Array], jax.Array]
+
+
+@dataclass(frozen=True)
+class JacobianModes:
+    """Result of :func:`jacobian_modes` (numpy arrays; see the module docstring).
+
+    Per point ``[trial, time]`` unless stated:
+
+    - ``eigenvalues: [trial, time, n]`` complex64, eigenvalues of ``J_h(e*, 0)`` in
+      EIG_SORT order (``|λ|`` descending).
+    - ``has_rotation`` bool: ``J_h`` has a rotating pair (``Im λ > imag_tol·|λ|``).
+    - ``dominant_index`` int: index in ``eigenvalues`` of the dominant pair's
+      ``Im λ > 0`` member (its conjugate is the next index unless pairs tie); −1 if none.
+    - ``dominant_eigenvalue`` complex128 (``Im > 0``); 0 if none.
+    - ``freq_hz``, ``tau_s`` (``+inf`` when ``|λ| ≥ 1``), ``half_life_s`` (same),
+      ``abs_lambda``, ``stable`` (``|λ| < 1``): of the dominant pair.
+    - ``share`` in ``[0, 1]``: its share of the total modal amplitude of ``d``;
+      ``amplitude``: its contribution ``2|w_k·d|‖v_k‖`` (state units).
+    - ``input_gain``: ``2‖w_k J_u‖‖v_k‖``, the largest pair amplitude a unit-norm input
+      ``u`` injects in one step (0 when ``u_dim = 0``).
+    - ``deviation_norm``: ``‖d‖``.
+
+    Per trial (the plane is kept once per trial so memory stays bounded):
+
+    - ``plane: [trial, n, 2]``: orthonormal basis of ``span{Re v, Im v}`` of the
+      dominant pair at ``plane_time``, the time bin where the dominant pair's ``share``
+      is largest (ties: earliest); column 0 along ``Re v`` (as
+      ``analysis.eigen.rotation_plane``). Only the subspace is meaningful: the basis
+      within it follows the eigenvector's phase, which LAPACK fixes by making the
+      largest component real, so a near-tie between components can rotate or flip it;
+      compare planes with principal angles or projectors ``Q Qᵀ``. Zeros where
+      ``plane_valid`` is False.
+    - ``plane_time: [trial]`` int, −1 when the trial never rotates.
+    - ``plane_valid: [trial]`` bool.
+
+    ``dt`` (s), ``imag_tol`` and ``sort`` (= EIG_SORT) record the settings.
+    """
+
+    eigenvalues: np.ndarray
+    has_rotation: np.ndarray
+    dominant_index: np.ndarray
+    dominant_eigenvalue: np.ndarray
+    freq_hz: np.ndarray
+    tau_s: np.ndarray
+    half_life_s: np.ndarray
+    abs_lambda: np.ndarray
+    stable: np.ndarray
+    share: np.ndarray
+    amplitude: np.ndarray
+    input_gain: np.ndarray
+    deviation_norm: np.ndarray
+    plane: np.ndarray
+    plane_time: np.ndarray
+    plane_valid: np.ndarray
+    dt: float
+    imag_tol: float
+    sort: str = EIG_SORT
+
+
+# Per-point scalar fields filled chunk by chunk: name -> dtype.
+_POINT_FIELDS = {
+    "has_rotation": np.bool_,
+    "dominant_index": np.int64,
+    "dominant_eigenvalue": np.complex128,
+    "share": np.float64,
+    "amplitude": np.float64,
+    "input_gain": np.float64,
+    "deviation_norm": np.float64,
+}
+
+
+def _jacobian_fn(cell: Cell, u_dim: int) -> Callable:
+    """Jitted ``(params, h: [c, n], u0: [u_dim]) -> (J_h: [c, n, n], J_u: [c, n, u_dim])``."""
+
+    def one(params, h, u):
+        return jax.jacfwd(lambda hh, uu: cell(params, hh, uu), argnums=(0, 1))(h, u)
+
+    return jax.jit(jax.vmap(one, in_axes=(None, 0, None)))
+
+
+def _solve_modes(V: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """``V^{-1} rhs`` per point (``V: [b, n, n]``, ``rhs: [b, n, k]``), always finite.
+
+    ``np.linalg.solve``; points whose ``V`` is (numerically) singular, i.e. a defective
+    ``J_h`` such as a Jordan block, fall back to the pseudo-inverse (minimum-norm
+    coordinates): their shares are then only indicative, but never NaN.
+    """
+    try:
+        out = np.linalg.solve(V, rhs)
+        bad = ~np.isfinite(out).all(axis=(-2, -1))
+    except np.linalg.LinAlgError:
+        out = np.empty_like(rhs)
+        bad = np.ones(V.shape[0], bool)
+    if bad.any():
+        out[bad] = np.linalg.pinv(V[bad]) @ rhs[bad]
+    return out
+
+
+def _modes_block(jh: np.ndarray, ju: np.ndarray, d: np.ndarray, imag_tol: float) -> dict:
+    """Eigen-decomposition and dominant rotating pair of a block of points.
+
+    ``jh: [b, n, n]``, ``ju: [b, n, m]``, ``d: [b, n]`` (float64). Returns per-point
+    arrays (see :class:`JacobianModes`) plus ``v: [b, n]`` the dominant right eigenvector.
+    """
+    b, n = d.shape
+    lam, V = np.linalg.eig(jh)  # real outputs when the whole block has a real spectrum
+    lam = lam.astype(np.complex128, copy=False)
+    V = V.astype(np.complex128, copy=False)
+    order = _sort_index(lam)
+    lam = np.take_along_axis(lam, order, axis=-1)
+    V = np.take_along_axis(V, order[:, None, :], axis=-1)
+
+    rhs = np.concatenate([d[:, :, None], ju], axis=-1).astype(np.complex128)
+    coef = _solve_modes(V, rhs)  # [b, n, 1 + m]: mode coordinates of d and of J_u's columns
+    vnorm = np.linalg.norm(V, axis=-2)  # [b, n]
+    amp = np.abs(coef[:, :, 0]) * vnorm  # contribution of each mode to d
+    total = amp.sum(-1)
+
+    rotating = lam.imag > imag_tol * np.abs(lam)  # one member (Im > 0) per pair
+    has = rotating.any(-1)
+    k = np.argmax(np.where(rotating, amp, -1.0), axis=-1)  # first max = slowest on ties
+    rows = np.arange(b)
+    pair_amp = np.where(has, 2.0 * amp[rows, k], 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(total > 0, pair_amp / np.where(total > 0, total, 1.0), 0.0)
+    gain = 2.0 * np.linalg.norm(coef[rows, k, 1:], axis=-1) * vnorm[rows, k]
+    return {
+        "eigenvalues": lam.astype(np.complex64),
+        "has_rotation": has,
+        "dominant_index": np.where(has, k, -1),
+        "dominant_eigenvalue": np.where(has, lam[rows, k], 0.0),
+        "share": np.clip(share, 0.0, 1.0),
+        "amplitude": pair_amp,
+        "input_gain": np.where(has, gain, 0.0),
+        "deviation_norm": np.linalg.norm(d, axis=-1),
+        "v": np.where(has[:, None], V[rows, :, k], 0.0),
+    }
+
+
+def _planes(v: np.ndarray, rtol: float = 1e-8) -> tuple[np.ndarray, np.ndarray]:
+    """Orthonormal ``[b, n, 2]`` bases of ``span{Re v, Im v}`` for ``v: [b, n]``, and validity.
+
+    Vectorised ``analysis.eigen.rotation_plane`` (QR, column 0 along ``Re v``); invalid
+    (zeros) where ``Re v`` and ``Im v`` are (near) parallel.
+    """
+    X = np.stack([v.real, v.imag], axis=-1)
+    Q, R = np.linalg.qr(X)
+    d0, d1, r01 = np.abs(R[:, 0, 0]), np.abs(R[:, 1, 1]), np.abs(R[:, 0, 1])
+    valid = (d0 > 0) & (d1 > rtol * np.maximum(d0, r01))
+    sign = np.where(np.stack([R[:, 0, 0], R[:, 1, 1]], -1) < 0, -1.0, 1.0)
+    return np.where(valid[:, None, None], Q * sign[:, None, :], 0.0), valid
+
+
+def jacobian_modes(
+    cell: Cell,
+    cell_params: Any,
+    points: np.ndarray,
+    u_dim: int,
+    dt: float,
+    *,
+    states: np.ndarray,
+    chunk: int = 256,
+    imag_tol: float = 1e-3,
+    workers: int | None = None,
+) -> JacobianModes:
+    """Eigenvalues and dominant rotating pair of ``J_h`` at every expansion point.
+
+    ``cell(params, h: [n], u: [u_dim]) -> [n]`` one sample (e.g.
+    ``functools.partial(lfads_gru, clip=cfg.cell_clip)`` with ``params["gen"]``);
+    ``points: [trial, time, n]`` expansion points ``e*``; ``states: [trial, time, n]``
+    the states whose deviation ``d = states − points`` is decomposed (``jslds_states``);
+    ``u_dim``: the cell's input size (``cfg.co_dim``, may be 0), linearised at
+    ``u* = 0``; ``dt``: bin width in seconds. ``imag_tol``: a pair rotates iff
+    ``Im λ > imag_tol · |λ|``; the default 1e-3 sits above the ~√ε ≈ 3e-4 splitting
+    that float32 round-off in ``J_h`` gives a (nearly) repeated real eigenvalue, and
+    counts rotations down to ``1e-3 / (2π Δt)`` (0.008 Hz at Δt = 20 ms).
+
+    ``J_h`` and ``J_u`` come from one jitted ``vmap(jacfwd)`` run over chunks of
+    ``chunk`` points (the last one padded, so one shape is compiled; the next chunk is
+    dispatched before the current one is decomposed, so JAX and LAPACK overlap). Each
+    chunk is eigen-decomposed in float64 with ``np.linalg.eig``, split over ``workers``
+    threads (default: the CPUs this process may use) with BLAS limited to one thread
+    each (batch parallelism beats BLAS threading at ``n ≈ 100``; the BLAS limit is
+    process-wide while this runs). Peak memory is a few ``chunk × n × n`` complex128
+    arrays (≈ 0.55 MB per chunk point at n = 100, 140 MB at the default chunk) plus the
+    outputs (≈ ``8 n + 100`` bytes per point, mostly the complex64 eigenvalues).
+    Cost is LAPACK's ``geev`` (≈ 7 ms per point at n = 100 on one core), divided by
+    ``workers``. Returns :class:`JacobianModes`.
+    """
+    points = np.asarray(points)
+    states = np.asarray(states)
+    if points.ndim != 3 or states.shape != points.shape:
+        raise ValueError(
+            f"points and states must both be [trial, time, n], got {points.shape}, {states.shape}"
+        )
+    if not dt > 0:
+        raise ValueError(f"dt must be > 0 seconds, got {dt}")
+    if chunk < 1 or u_dim < 0:
+        raise ValueError(f"need chunk >= 1 and u_dim >= 0, got {chunk}, {u_dim}")
+    if not (np.isfinite(points).all() and np.isfinite(states).all()):
+        raise ValueError("points and states must be finite")
+    n_trial, n_time, n = points.shape
+    n_points = n_trial * n_time
+    if workers is None:
+        affinity = getattr(os, "sched_getaffinity", None)
+        workers = len(affinity(0)) if affinity else os.cpu_count() or 1
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+
+    flat_pts = points.reshape(n_points, n)
+    flat_sts = states.reshape(n_points, n)
+    eigenvalues = np.zeros((n_points, n), np.complex64)
+    out = {name: np.zeros(n_points, dt_) for name, dt_ in _POINT_FIELDS.items()}
+    best_share = np.full(n_trial, -1.0)
+    plane = np.zeros((n_trial, n, 2))
+    plane_time = np.full(n_trial, -1, np.int64)
+    plane_valid = np.zeros(n_trial, bool)
+
+    if n_points:
+        jac = _jacobian_fn(cell, u_dim)
+        if not np.issubdtype(flat_pts.dtype, np.floating):
+            flat_pts = flat_pts.astype(float)
+        u0 = jnp.zeros(u_dim, jnp.asarray(flat_pts[:1]).dtype)  # the dtype JAX computes in
+        size = min(chunk, n_points)
+
+        def dispatch(start: int):
+            idx = np.arange(start, start + size).clip(max=n_points - 1)  # pad with last point
+            return jac(cell_params, jnp.asarray(flat_pts[idx]), u0)
+
+        pending = dispatch(0)
+        with threadpool_limits(limits=1), ThreadPoolExecutor(workers) as pool:
+            for start in range(0, n_points, size):
+                stop = min(start + size, n_points)
+                jh, ju = (np.asarray(x, np.float64)[: stop - start] for x in pending)
+                if stop < n_points:
+                    pending = dispatch(stop)  # runs asynchronously while LAPACK works
+                d = flat_sts[start:stop].astype(np.float64) - flat_pts[start:stop]
+                splits = np.array_split(np.arange(stop - start), min(workers, stop - start))
+                blocks = [(jh[s], ju[s], d[s]) for s in splits]
+                parts = list(pool.map(lambda b: _modes_block(*b, imag_tol), blocks))
+                res = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+                eigenvalues[start:stop] = res["eigenvalues"]
+                for name in out:
+                    out[name][start:stop] = res[name]
+                _update_planes(start, n_time, res, best_share, plane, plane_time, plane_valid)
+
+    lam = out["dominant_eigenvalue"]
+    cont = discrete_to_continuous(lam, dt)
+    r = np.abs(lam)
+    decaying = r < 1.0
+    tau = np.where(decaying, cont.tau_s, np.inf)
+    shape = (n_trial, n_time)
+    return JacobianModes(
+        eigenvalues=eigenvalues.reshape(n_trial, n_time, n),
+        has_rotation=out["has_rotation"].reshape(shape),
+        dominant_index=out["dominant_index"].reshape(shape),
+        dominant_eigenvalue=lam.reshape(shape),
+        freq_hz=cont.freq_hz.reshape(shape),
+        tau_s=tau.reshape(shape),
+        half_life_s=(tau * np.log(2.0)).reshape(shape),
+        abs_lambda=r.reshape(shape),
+        stable=decaying.reshape(shape),
+        share=out["share"].reshape(shape),
+        amplitude=out["amplitude"].reshape(shape),
+        input_gain=out["input_gain"].reshape(shape),
+        deviation_norm=out["deviation_norm"].reshape(shape),
+        plane=plane,
+        plane_time=plane_time,
+        plane_valid=plane_valid,
+        dt=float(dt),
+        imag_tol=float(imag_tol),
+    )
+
+
+def _update_planes(start, n_time, res, best_share, plane, plane_time, plane_valid) -> None:
+    """Keep, per trial, the plane at the time bin of largest dominant-pair share (in place).
+
+    Chunks are visited in (trial, time) order and only a strictly larger share replaces
+    the running best, so ties go to the earliest time bin.
+    """
+    flat = start + np.arange(res["share"].shape[0])
+    trial, time = flat // n_time, flat % n_time
+    key = np.where(res["has_rotation"], res["share"], -1.0)
+    o = np.lexsort((time, -key, trial))  # per trial: largest share, then earliest
+    first = np.r_[True, trial[o][1:] != trial[o][:-1]]
+    cand = o[first]
+    cand = cand[key[cand] > best_share[trial[cand]]]
+    if not cand.size:
+        return
+    q, valid = _planes(res["v"][cand])
+    tr = trial[cand]
+    best_share[tr] = key[cand]
+    plane[tr] = q
+    plane_time[tr] = np.where(valid, time[cand], -1)
+    plane_valid[tr] = valid
+
+
+# ---------------------------------------------------------------- summaries
+
+
+@dataclass(frozen=True)
+class TrialModeSummary:
+    """Per-trial summaries of :class:`JacobianModes` (all ``[trial]``).
+
+    Over a trial's *rotating* time bins (``has_rotation``), each statistic is a median
+    over time, unweighted (numpy's linearly interpolated median) or, with
+    ``weighted=True``, weighted by the dominant pair's ``share`` (the lower weighted
+    median: the first value whose cumulative weight reaches half the total).
+
+    - ``has_rotation``: the trial has at least one rotating bin (all other fields are 0
+      where it has none, and such trials are left out of condition statistics).
+    - ``fraction_rotating``: fraction of its bins with a rotating pair.
+    - ``freq_hz``: median frequency (Hz).
+    - ``decay_rate``: median of ``−ln|λ| / Δt`` (1/s; ≤ 0 for non-decaying modes).
+    - ``tau_s = 1 / decay_rate`` (``+inf`` when ``decay_rate ≤ 0``), ``half_life_s =
+      τ ln 2``. τ is summarised through its rate because rates are finite for every
+      mode: for an odd number of bins (or weighted) this is exactly the median of τ (τ is
+      monotone in the rate); for an even number it is the harmonic rather than the
+      arithmetic mean of the two middle τ.
+    - ``abs_lambda``, ``share``: medians of the dominant pair's ``|λ|`` and share.
+    """
+
+    has_rotation: np.ndarray
+    fraction_rotating: np.ndarray
+    freq_hz: np.ndarray
+    decay_rate: np.ndarray
+    tau_s: np.ndarray
+    half_life_s: np.ndarray
+    abs_lambda: np.ndarray
+    share: np.ndarray
+    weighted: bool
+
+
+def _decay_rate(abs_lambda: np.ndarray, dt: float, mask: np.ndarray) -> np.ndarray:
+    """``−ln|λ| / Δt`` (1/s) where ``mask``, 0 elsewhere (|λ| > 0 on rotating points)."""
+    with np.errstate(divide="ignore"):
+        return np.where(mask, -np.log(np.where(mask, abs_lambda, 1.0)) / dt, 0.0)
+
+
+def _rate_to_tau(rate: np.ndarray) -> np.ndarray:
+    """``τ = 1 / rate`` (s), ``+inf`` for ``rate ≤ 0``."""
+    with np.errstate(divide="ignore"):
+        return np.where(rate > 0, 1.0 / np.where(rate > 0, rate, 1.0), np.inf)
+
+
+def _row_median(x: np.ndarray, w: np.ndarray, weighted: bool) -> np.ndarray:
+    """Median along the last axis of ``x: [r, t]`` over entries with ``w > 0``; 0 if none.
+
+    Unweighted: ``np.nanmedian`` of the kept entries. Weighted: lower weighted median.
+    """
+    keep = w > 0
+    any_kept = keep.any(-1)
+    if not weighted:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows
+            med = np.nanmedian(np.where(keep, x, np.nan), axis=-1)
+        return np.where(any_kept, med, 0.0)
+    o = np.argsort(np.where(keep, x, np.inf), axis=-1, kind="stable")
+    xs = np.take_along_axis(x, o, -1)
+    ws = np.take_along_axis(np.where(keep, w, 0.0), o, -1)
+    cw = np.cumsum(ws, -1)
+    idx = np.argmax(cw >= 0.5 * cw[..., -1:], axis=-1)
+    med = np.take_along_axis(xs, idx[..., None], -1)[..., 0]
+    return np.where(any_kept, med, 0.0)
+
+
+def trial_summaries(modes: JacobianModes, *, weighted: bool = False) -> TrialModeSummary:
+    """Per-trial medians over time of the dominant rotating pair (see the class docstring).
+
+    ``weighted=False``: every rotating bin counts once; ``True``: bins weighted by the
+    dominant pair's ``share``. Vectorised over trials and bins.
+    """
+    rot = modes.has_rotation
+    w = np.where(rot, modes.share if weighted else 1.0, 0.0)
+    if weighted:  # a rotating bin with zero share (d = 0) still counts, with a tiny weight
+        w = np.where(rot, np.maximum(w, 1e-300), 0.0)
+    rate_pts = _decay_rate(modes.abs_lambda, modes.dt, rot)
+    rate = _row_median(rate_pts, w, weighted)
+    has = rot.any(-1)
+    tau = np.where(has, _rate_to_tau(rate), 0.0)
+    return TrialModeSummary(
+        has_rotation=has,
+        fraction_rotating=rot.mean(-1) if rot.shape[-1] else np.zeros(rot.shape[0]),
+        freq_hz=_row_median(modes.freq_hz, w, weighted),
+        decay_rate=rate,
+        tau_s=tau,
+        half_life_s=tau * np.log(2.0),
+        abs_lambda=_row_median(modes.abs_lambda, w, weighted),
+        share=_row_median(modes.share, w, weighted),
+        weighted=weighted,
+    )
+
+
+def _json_float(x: float) -> float | None:
+    """A finite float, or None for ``±inf`` / NaN (JSON has neither)."""
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
+def _group_stats(ts: TrialModeSummary, modes: JacobianModes, trials: np.ndarray) -> dict:
+    """Median / IQR across the given trials' summaries (trials without rotation left out)."""
+    rot = trials[ts.has_rotation[trials]]
+    bins_rot = modes.has_rotation[trials]
+    stats: dict[str, Any] = {
+        "n_trials": int(trials.size),
+        "n_trials_rotating": int(rot.size),
+        "fraction_bins_rotating": float(bins_rot.mean()) if bins_rot.size else 0.0,
+    }
+    if not rot.size:
+        none = {"median": None, "q25": None, "q75": None, "iqr": None}
+        return stats | {
+            "freq_hz": none,
+            "tau_s_median": None,
+            "tau_s_median_infinite": False,
+            "half_life_s_median": None,
+            "share_median": None,
+            "fraction_rotating_bins_stable": None,
+        }
+    q25, med, q75 = np.quantile(ts.freq_hz[rot], [0.25, 0.5, 0.75])
+    tau = float(_rate_to_tau(np.median(ts.decay_rate[rot])))
+    stable = modes.stable[trials][bins_rot]
+    return stats | {
+        "freq_hz": {
+            "median": float(med),
+            "q25": float(q25),
+            "q75": float(q75),
+            "iqr": float(q75 - q25),
+        },
+        "tau_s_median": _json_float(tau),
+        "tau_s_median_infinite": bool(np.isinf(tau)),
+        "half_life_s_median": _json_float(tau * np.log(2.0)),
+        "share_median": float(np.median(ts.share[rot])),
+        "fraction_rotating_bins_stable": float(stable.mean()),
+    }
+
+
+def _pair_angles(Qa: np.ndarray, Qb: np.ndarray) -> np.ndarray:
+    """Principal angles ``[a, b, 2]`` (rad, ascending) between planes ``[a, n, 2]``, ``[b, n, 2]``.
+
+    Singular values of ``M = Qa_i^T Qb_j`` (2×2) in closed form, ``s = |Q ± R|`` with
+    ``Q = ½‖(m00 + m11, m10 − m01)‖``, ``R = ½‖(m00 − m11, m10 + m01)‖`` (no
+    cancellation), then ``arccos``; resolution ≈ 1e-8 rad near 0 in float64.
+    """
+    a, n, _ = Qa.shape
+    b = Qb.shape[0]
+    M = Qa.transpose(0, 2, 1).reshape(2 * a, n) @ Qb.transpose(1, 0, 2).reshape(n, 2 * b)
+    M = M.reshape(a, 2, b, 2).transpose(0, 2, 1, 3)  # [a, b, 2, 2]: Qa_i^T Qb_j
+    m00, m01, m10, m11 = M[..., 0, 0], M[..., 0, 1], M[..., 1, 0], M[..., 1, 1]
+    q = 0.5 * np.hypot(m00 + m11, m10 - m01)
+    r = 0.5 * np.hypot(m00 - m11, m10 + m01)
+    s = np.stack([q + r, np.abs(q - r)], -1)
+    return np.arccos(np.clip(s, 0.0, 1.0))
+
+
+def plane_angle_summary(
+    plane: np.ndarray, plane_valid: np.ndarray, condition: np.ndarray, *, chunk: int = 256
+) -> dict:
+    """Principal angles between trials' dominant planes, within vs across conditions.
+
+    ``plane: [trial, n, 2]`` orthonormal, ``plane_valid: [trial]``, ``condition: [trial]``
+    ints. For every pair of distinct valid trials the two principal angles are averaged
+    (radians, in ``[0, π/2]``; 0 = same plane, π/2 = orthogonal); returns a JSON-safe
+    dict: ``conditions`` (labels), ``mean_angle_rad: [C][C]`` (mean over trial pairs of
+    conditions ``(c1, c2)``, None without pairs), ``n_pairs: [C][C]`` (unordered pairs),
+    ``within_mean_rad`` / ``across_mean_rad`` (mean over all same- / different-condition
+    pairs, None without pairs). Rows are processed ``chunk`` trials at a time: memory
+    ``O(chunk · trial)``.
+    """
+    plane = np.asarray(plane, np.float64)
+    valid = np.asarray(plane_valid, bool)
+    condition = np.asarray(condition)
+    if condition.shape != valid.shape or plane.shape[:1] != valid.shape:
+        raise ValueError("plane, plane_valid and condition must share the trial axis")
+    idx = np.flatnonzero(valid)
+    Q = plane[idx]
+    labels, ci = np.unique(condition[idx], return_inverse=True)
+    onehot = np.eye(labels.size)[ci]  # [N, C]
+    sums = np.zeros((labels.size, labels.size))
+    counts = np.zeros_like(sums)
+    for s in range(0, idx.size, chunk):
+        e = min(s + chunk, idx.size)
+        ang = _pair_angles(Q[s:e], Q).mean(-1)  # [b, N]
+        w = np.ones_like(ang)
+        w[np.arange(e - s), np.arange(s, e)] = 0.0  # no self-pairs
+        sums += onehot[s:e].T @ (ang * w) @ onehot
+        counts += onehot[s:e].T @ w @ onehot
+    diag = np.eye(labels.size, dtype=bool)
+
+    def mean(total: float, count: float) -> float | None:
+        return float(total / count) if count > 0 else None
+
+    return {
+        "angle": "mean of the 2 principal angles per pair of trials (rad)",
+        "conditions": [int(c) for c in labels],
+        "mean_angle_rad": [
+            [mean(sums[i, j], counts[i, j]) for j in range(labels.size)] for i in range(labels.size)
+        ],
+        "n_pairs": [  # ordered pairs counted twice on the diagonal, once per order off it
+            [
+                int(round(counts[i, j] / 2)) if i == j else int(round(counts[i, j]))
+                for j in range(labels.size)
+            ]
+            for i in range(labels.size)
+        ],
+        "within_mean_rad": mean(sums[diag].sum(), counts[diag].sum()),
+        "across_mean_rad": mean(sums[~diag].sum(), counts[~diag].sum()),
+    }
+
+
+def summarize_modes(
+    modes: JacobianModes, condition: np.ndarray | None = None, *, weighted: bool = False
+) -> dict:
+    """JSON-safe summary (no NaN / inf) of :func:`jacobian_modes` results.
+
+    ``condition: [trial]`` ints (None: one condition 0). Time bins → trial: median over a
+    trial's rotating bins (:func:`trial_summaries`, share-weighted iff ``weighted``).
+    Trials → condition / overall: each trial with at least one rotating bin counts once;
+    ``freq_hz`` median / q25 / q75 / IQR across trials, ``tau_s_median`` =
+    1 / median trial decay rate (None with ``tau_s_median_infinite`` True when the
+    median mode does not decay), ``half_life_s_median``, ``share_median``,
+    ``fraction_bins_rotating``, ``fraction_rotating_bins_stable``. Plus
+    ``plane_angles`` (:func:`plane_angle_summary`) and per-trial lists (``tau_s`` None
+    where infinite; 0 and ``has_rotation`` False for trials that never rotate).
+    """
+    n_trial = modes.has_rotation.shape[0]
+    condition = np.zeros(n_trial, int) if condition is None else np.asarray(condition)
+    if condition.shape != (n_trial,) or not np.issubdtype(condition.dtype, np.integer):
+        raise ValueError(f"condition must be [trial] ints, got {condition.shape} {condition.dtype}")
+    ts = trial_summaries(modes, weighted=weighted)
+    all_trials = np.arange(n_trial)
+    return {
+        "conventions": {
+            "dt_s": modes.dt,
+            "eig_sort": modes.sort,
+            "imag_tol": modes.imag_tol,
+            "frequency": "Hz, |angle λ| / (2π Δt)",
+            "tau": "s, −Δt / ln|λ|; None means +inf (|λ| ≥ 1, the mode does not decay)",
+            "dominant_pair": "rotating pair with the largest 2|w_k·d|‖v_k‖, d = state − e*",
+            "time_aggregation": ("share-weighted lower median" if weighted else "unweighted median")
+            + " over a trial's rotating bins",
+            "trial_aggregation": "median / quartiles over trials with a rotating bin",
+            "plane": "per trial, at the bin where the dominant pair's share is largest",
+        },
+        "overall": _group_stats(ts, modes, all_trials),
+        "per_condition": {
+            str(int(c)): _group_stats(ts, modes, all_trials[condition == c])
+            for c in np.unique(condition)
+        },
+        "plane_angles": plane_angle_summary(modes.plane, modes.plane_valid, condition),
+        "per_trial": {
+            "condition": [int(c) for c in condition],
+            "has_rotation": [bool(x) for x in ts.has_rotation],
+            "fraction_rotating": [float(x) for x in ts.fraction_rotating],
+            "freq_hz": [float(x) for x in ts.freq_hz],
+            "tau_s": [_json_float(x) for x in ts.tau_s],
+            "share": [float(x) for x in ts.share],
+            "plane_time": [int(x) for x in modes.plane_time],
+        },
+    }
+
+
+# ---------------------------------------------------------------- fixed-point quality
+
+
+def fixed_point_residual(
+    cell: Cell, params: Any, points: np.ndarray, *, u_dim: int = 0, chunk: int = 4096
+) -> np.ndarray:
+    """``‖F(e*, 0) − e*‖`` at every point: how far each expansion point is from fixed.
+
+    ``points: [..., n]`` (e.g. ``[trial, time, n]``); ``u_dim``: the cell's input size
+    (``u* = 0`` of that size; a wrong size fails loudly in the cell). Jitted, ``vmap``-ed
+    over chunks of ``chunk`` points (last one padded). Returns ``[...]`` in the cell's
+    float type.
+    """
+    points = np.asarray(points)
+    n = points.shape[-1]
+    flat = points.reshape(-1, n)
+    if not np.issubdtype(flat.dtype, np.floating):
+        flat = flat.astype(float)
+    u0 = jnp.zeros(u_dim, jnp.asarray(flat[:1]).dtype)
+
+    @jax.jit
+    def res(p, h):
+        return jax.vmap(lambda hh: jnp.linalg.norm(cell(p, hh, u0) - hh))(h)
+
+    out = None
+    size = max(1, min(chunk, flat.shape[0]))
+    for start in range(0, flat.shape[0], size):
+        stop = min(start + size, flat.shape[0])
+        idx = np.arange(start, start + size).clip(max=flat.shape[0] - 1)
+        r = np.asarray(res(params, jnp.asarray(flat[idx])))[: stop - start]
+        if out is None:
+            out = np.empty(flat.shape[0], r.dtype)
+        out[start:stop] = r
+    if out is None:
+        out = np.zeros(0, u0.dtype)
+    return out.reshape(points.shape[:-1])
+
+
+def count_distinct(points_of_trial: np.ndarray, tol: float, *, chunk: int = 256) -> Any:
+    """Number of distinct points a trial visits, by greedy clustering with radius ``tol``.
+
+    ``points_of_trial: [time, n]`` → int, or ``[trial, time, n]`` → ``[trial]`` ints.
+    Greedy in time order: the earliest point not yet covered opens a cluster and covers
+    every point within Euclidean distance ``tol`` (``<=``) of it; repeat until all are
+    covered. So cluster centres are ``> tol`` apart and every point lies within ``tol``
+    of its centre (the count depends on ``tol``, e.g. 0.025 as fixed-point
+    de-duplication uses). Each round is vectorised over time and over trials (``chunk``
+    trials at a time); the number of rounds is the largest count.
+    """
+    X = np.asarray(points_of_trial)
+    single = X.ndim == 2
+    if single:
+        X = X[None]
+    if X.ndim != 3:
+        raise ValueError(f"points must be [time, n] or [trial, time, n], got {X.shape}")
+    counts = np.zeros(X.shape[0], np.int64)
+    for s in range(0, X.shape[0], chunk):
+        Xc = X[s : s + chunk].astype(np.float64)  # float64 one chunk at a time
+        rows = np.arange(Xc.shape[0])
+        remaining = np.ones(Xc.shape[:2], bool)
+        while remaining.any():
+            active = remaining.any(-1)
+            first = np.argmax(remaining, -1)
+            centre = Xc[rows, first]  # [r, n]
+            dist = np.linalg.norm(Xc - centre[:, None, :], axis=-1)
+            remaining &= ~(dist <= tol)
+            counts[s : s + Xc.shape[0]] += active
+    return int(counts[0]) if single else counts
+
+
+def distance_to_nearest(
+    points: np.ndarray,
+    fixed_points: np.ndarray,
+    *,
+    chunk: int | None = None,
+    return_index: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Euclidean distance from every point to its nearest fixed point.
+
+    ``points: [..., n]`` (e.g. ``[trial, time, n]``), ``fixed_points: [p, n]``. Returns
+    ``[...]`` distances (``+inf`` when ``p = 0``) and, with ``return_index``, the index of
+    the nearest fixed point (−1 when ``p = 0``). Differences are formed explicitly (no
+    ``‖x‖² + ‖y‖² − 2x·y`` cancellation), ``chunk`` points at a time (default: about 4M
+    floats per chunk, i.e. ``chunk · p · n ≈ 2**22``).
+    """
+    points = np.asarray(points)
+    fp = np.asarray(fixed_points, np.float64)
+    n = points.shape[-1]
+    if fp.ndim != 2 or fp.shape[1] != n:
+        raise ValueError(f"fixed_points must be [p, {n}], got {fp.shape}")
+    flat = points.reshape(-1, n)
+    dist = np.full(flat.shape[0], np.inf)
+    index = np.full(flat.shape[0], -1, np.int64)
+    if fp.shape[0]:
+        size = chunk or max(1, 2**22 // (fp.shape[0] * max(n, 1)))
+        for s in range(0, flat.shape[0], size):
+            diff = flat[s : s + size, None, :].astype(np.float64) - fp[None]
+            d = np.linalg.norm(diff, axis=-1)  # [c, p]
+            index[s : s + size] = np.argmin(d, -1)
+            dist[s : s + size] = np.take_along_axis(d, index[s : s + size, None], -1)[:, 0]
+    shape = points.shape[:-1]
+    return (dist.reshape(shape), index.reshape(shape)) if return_index else dist.reshape(shape)

@@ -1,0 +1,199 @@
+"""``lfads-jslds analyze RUN``: the per-trial dynamics report of a trained run.
+
+Reads ``inference.h5`` (DESIGN §7) and the run's weights; writes ``analysis/``:
+
+- ``summary.json``: ``rotation_hz_median``, ``rotation_hz_iqr``, ``tau_s_median`` (None
+  when the median dominant mode does not decay), ``fixed_point_residual_median``
+  (‖F(e*, 0) − e*‖), ``n_trials``, ``dt_s``, ``eig_sort``, ``expansion_points_source``,
+  the distinct fixed points per trial, the numerical fixed-point comparison, jPCA's
+  frequency and R², and the full mode summary (``modes``: per condition, plane angles,
+  per trial; conventions in ``modes.conventions``).
+- ``modes.h5``: per trial and bin the dominant rotational mode (frequency, τ, |λ|,
+  share), the eigenvalues of J_h, and per trial the dominant plane.
+- ``figures/*.png``: eigenvalue spectra, mode histograms, rosettes in the top rotational
+  plane and in jPCA's plane, expansion points in PCA space, one trial's raster vs rates.
+
+Expansion points: a ``jslds`` / ``slds`` run names them itself (``e*_t = E(a_{t-1})``).
+A ``gru`` run has no expansion network: the analysis falls back to the classical route,
+numerical fixed points of the generator from sampled states, and linearises each bin
+around the fixed point nearest its state (``expansion_points_source`` says which).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lfads_jslds.analysis import figures, jpca, modes
+from lfads_jslds.analysis.fixed_points import find_fixed_points
+from lfads_jslds.inference import load_inference
+from lfads_jslds.io import atomic
+from lfads_jslds.io.h5 import save_h5_dict
+from lfads_jslds.models.cells import lfads_gru
+from lfads_jslds.training import lfads_trainer
+from lfads_jslds.training.task_trainer import RunFolderError
+
+ANALYSIS = "analysis"
+#: Distance (state units) within which two expansion points count as the same fixed point.
+DISTINCT_TOL = 0.05
+#: Initial states sampled for the numerical fixed-point finder.
+N_FINDER_STARTS = 256
+
+
+def _conditions(tensors: dict[str, Any], n_trials: int) -> np.ndarray:
+    if "train_cond_id" in tensors and "eval_cond_id" in tensors:
+        return np.r_[tensors["train_cond_id"], tensors["eval_cond_id"]].astype(int)
+    return np.zeros(n_trials, int)
+
+
+def numerical_fixed_points(cell, states: np.ndarray, u_dim: int, seed: int = 0):
+    """The classical baseline: minimise ½‖F(h) − h‖² from states sampled over all trials."""
+    flat = states.reshape(-1, states.shape[-1])
+    rng = np.random.default_rng(seed)
+    starts = flat[rng.choice(len(flat), min(N_FINDER_STARTS, len(flat)), replace=False)]
+    return find_fixed_points(
+        lambda h, u: cell(h, u), starts.astype(np.float32), np.zeros(u_dim, np.float32)
+    )
+
+
+def _jpca(factors: np.ndarray, condition: np.ndarray, dt: float) -> tuple[Any, dict[str, Any]]:
+    """jPCA on condition-averaged factors ``[trial, time, factor]``, or why it was skipped."""
+    labels = np.unique(condition)
+    if labels.size < 2 or factors.shape[-1] < 2:
+        why = "fewer than 2 conditions" if labels.size < 2 else "fewer than 2 factors"
+        return None, {"skipped": why}
+    cond_mean = np.stack([factors[condition == c].mean(0) for c in labels])
+    jp = jpca.jpca(cond_mean, dt, n_pcs=min(6, factors.shape[-1] // 2 * 2))
+    return jp, {
+        "rotation_hz": jpca.rotation_frequency_hz(jp),
+        "r2_skew": jp.r2_skew,
+        "r2_best": jp.r2_best,
+        "data": "condition-averaged factors",
+    }
+
+
+def analyze_run(run: Path) -> dict[str, Any]:
+    """Write ``analysis/`` for ``run``; returns the summary."""
+    run = Path(run)
+    out = run / ANALYSIS
+    if (out / "summary.json").exists():
+        raise RunFolderError(
+            f"{out / 'summary.json'} already exists; remove {out} to analyze again"
+        )
+    cfg = lfads_trainer.load_config(run)
+    inf, attrs = load_inference(run)
+    data, _ = lfads_trainer.load_run_data(run)
+    params = lfads_trainer.load_params(run, cfg, data)
+    dt = float(attrs["bin_ms"]) / 1000.0
+    u_dim = cfg.model.co_dim
+    cell_fn = functools.partial(lfads_gru, clip=cfg.model.cell_clip)
+    gen = params["gen"]
+    cell = lambda h, u: cell_fn(gen, h, u)  # noqa: E731
+    n_trials = inf["rates"].shape[0]
+    condition = _conditions(data.tensors, n_trials)
+
+    fps = numerical_fixed_points(cell, inf["gen_states"], u_dim)
+    if "expansion_points" in inf:
+        source = "expansion network E (JSLDS)"
+        points, states = inf["expansion_points"], inf["jslds_states"]
+    else:
+        if len(fps.points) == 0:
+            raise RunFolderError(
+                f"{run}: the generator has no expansion network ({cfg.model.generator}) and the "
+                "numerical fixed-point finder found no fixed point to linearise around"
+            )
+        source = "nearest numerical fixed point (gru generator: no expansion network)"
+        states = inf["gen_states"]
+        flat = states.reshape(-1, states.shape[-1])
+        d2 = ((flat[:, None, :] - fps.points[None]) ** 2).sum(-1)
+        points = fps.points[np.argmin(d2, 1)].reshape(states.shape)
+    m = modes.jacobian_modes(cell_fn, gen, points, u_dim, dt, states=states)
+    mode_summary = modes.summarize_modes(m, condition)
+    residual = modes.fixed_point_residual(cell_fn, gen, points, u_dim=u_dim)
+    distinct = modes.count_distinct(points, DISTINCT_TOL)
+    overall = mode_summary["overall"]
+
+    jp, jpca_summary = _jpca(inf["factors"], condition, dt)
+    summary: dict[str, Any] = {
+        "rotation_hz_median": overall["freq_hz"]["median"],
+        "rotation_hz_iqr": overall["freq_hz"]["iqr"],
+        "tau_s_median": overall["tau_s_median"],
+        "fixed_point_residual_median": float(np.median(residual)),
+        "n_trials": int(n_trials),
+        "dt_s": dt,
+        "eig_sort": m.sort,
+        "generator": cfg.model.generator,
+        "expansion_points_source": source,
+        "distinct_fixed_points_per_trial": {
+            "tolerance": DISTINCT_TOL,
+            "median": float(np.median(distinct)),
+            "max": int(np.max(distinct)),
+        },
+        "numerical_fixed_points": {
+            "found": int(len(fps.points)),
+            "starts": int(fps.n_candidates),
+            "distance_expansion_to_nearest_median": float(
+                np.median(modes.distance_to_nearest(points, fps.points))
+            )
+            if len(fps.points)
+            else None,
+        },
+        "jpca": jpca_summary,
+        "modes": mode_summary,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    save_h5_dict(
+        out / "modes.h5",
+        {
+            "freq_hz": m.freq_hz,
+            "tau_s": m.tau_s,
+            "abs_lambda": m.abs_lambda,
+            "share": m.share,
+            "has_rotation": m.has_rotation,
+            "eigenvalues": m.eigenvalues,
+            "plane": m.plane,
+            "fixed_point_residual": np.asarray(residual),
+            "trial_ids": inf["trial_ids"],
+            "condition": condition,
+        },
+        {"dt_s": dt, "eig_sort": m.sort, "expansion_points_source": source},
+    )
+    _figures(out / "figures", inf, data, m, jp, condition, points, states, dt, attrs)
+    atomic.write_text(out / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def _figures(folder, inf, data, m, jp, condition, points, states, dt, attrs) -> None:
+    n_t = points.shape[1]
+    times = (float(attrs["window_ms"][0]) / 1000.0) + dt * (np.arange(n_t) + 0.5)
+    figures.eigenvalue_spectra(m.eigenvalues, condition, times, folder / "eigenvalues.png")
+    rot = m.has_rotation
+    figures.mode_histograms(m.freq_hz[rot], m.tau_s[rot], folder / "mode_histograms.png")
+    first = int(np.argmax(m.plane_valid)) if m.plane_valid.any() else None
+    if first is not None:
+        plane = m.plane[first]
+        proj = np.einsum("ktn,nj->ktj", states - states.mean((0, 1)), plane)
+        figures.rosette(
+            proj,
+            condition,
+            folder / "rosette_jacobian_plane.png",
+            f"Trajectories in trial {first}'s dominant rotational plane",
+        )
+    if jp is not None:
+        figures.rosette(
+            jp.projection,
+            np.arange(jp.projection.shape[0]),
+            folder / "rosette_jpca.png",
+            f"jPCA plane 1 of condition-averaged factors ({jpca.rotation_frequency_hz(jp):.2f} Hz)",
+        )
+    figures.expansion_points_pca(states, points, condition, folder / "expansion_points_pca.png")
+    trial = 0
+    spikes = data.train_input[trial] if len(data.train_input) else data.eval_input[trial]
+    heldin = ~np.asarray(inf["heldout"], bool)
+    figures.raster_vs_rates(
+        spikes, inf["rates"][trial][:, heldin] / dt, times, folder / "raster_vs_rates.png", trial
+    )
