@@ -84,12 +84,13 @@ def test_jslds_path_is_the_explicit_linearisation_of_the_generator():
     x = _counts((2, 6, 5))
     out = lfads.forward(p, cfg, x, 3, jax.random.PRNGKey(4), train=False)
     cell = lambda h, u: lfads_gru(p["gen"], h, u, clip=cfg.cell_clip)  # noqa: E731
+    jac = jax.jit(jax.jacfwd(cell, argnums=(0, 1)))
     for trial in range(2):
         a_prev = out.g0[trial]
         for t in range(9):
             e = out.expansion_points[trial, t]
             u = out.inputs[trial, t]
-            jh, ju = jax.jacfwd(cell, argnums=(0, 1))(e, jnp.zeros_like(u))
+            jh, ju = jac(e, jnp.zeros_like(u))
             ref = e + jh @ (a_prev - e) + ju @ u
             np.testing.assert_allclose(out.jslds_states[trial, t], ref, atol=1e-10)
             e_ref = p["expansion"]

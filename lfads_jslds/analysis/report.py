@@ -192,7 +192,7 @@ def _figures(folder, inf, data, m, jp, condition, points, states, dt, attrs) -> 
         )
     figures.expansion_points_pca(states, points, condition, folder / "expansion_points_pca.png")
     trial = 0
-    spikes = data.train_input[trial] if len(data.train_input) else data.eval_input[trial]
+    spikes = data.train_input[trial][:, np.argsort(data.tensors["heldin_unit_ids"])]  # id order
     heldin = ~np.asarray(inf["heldout"], bool)
     figures.raster_vs_rates(
         spikes, inf["rates"][trial][:, heldin] / dt, times, folder / "raster_vs_rates.png", trial
