@@ -25,7 +25,10 @@ app.add_typer(task_app, name="task")
 TaskName = Annotated[str, typer.Argument(help="flipflop or context", metavar="{flipflop,context}")]
 SetOption = Annotated[
     list[str] | None,
-    typer.Option("--set", help="Config override key=value (e.g. optim.lr=0.01); repeatable."),
+    typer.Option(
+        "--set",
+        help="Config override key=value (e.g. train.lr=0.003, or optim.lr=0.01 for tasks); repeatable.",
+    ),
 ]
 
 
@@ -209,6 +212,9 @@ ConfigOption = Annotated[
     typer.Option(help="YAML config (e.g. pipelines/configs/synthetic_demo.yaml)."),
 ]
 RunArg = Annotated[Path, typer.Argument(help="Run folder made by `train`.")]
+DataArg = Annotated[Path, typer.Argument(help="NWB session or NLB tensor file (from `prepare`).")]
+OutOption = Annotated[Path, typer.Option(help="Run folder to create (or continue with --resume).")]
+ResumeOption = Annotated[bool, typer.Option(help="Continue the run in --out.")]
 ProgressOption = Annotated[bool, typer.Option(help="Show progress bars.")]
 
 
@@ -248,11 +254,11 @@ def _evaluate_stage(run: Path) -> None:
 
 @app.command("train")
 def train(
-    data: Annotated[Path, typer.Argument(help="NWB session or NLB tensor file (from `prepare`).")],
-    out: Annotated[Path, typer.Option(help="Run folder to create (or continue with --resume).")],
+    data: DataArg,
+    out: OutOption,
     config: ConfigOption = None,
     set_: SetOption = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
+    resume: ResumeOption = False,
     progress: ProgressOption = True,
 ) -> None:
     """Train LFADS-JSLDS (or plain LFADS: --set model.generator=gru) on spiking data."""
@@ -293,11 +299,11 @@ def analyze(run: RunArg) -> None:
 
 @app.command("run")
 def run_all(
-    data: Annotated[Path, typer.Argument(help="NWB session or NLB tensor file.")],
-    out: Annotated[Path, typer.Option(help="Run folder to create (or continue with --resume).")],
+    data: DataArg,
+    out: OutOption,
     config: ConfigOption = None,
     set_: SetOption = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
+    resume: ResumeOption = False,
     progress: ProgressOption = True,
 ) -> None:
     """All stages: train, infer, evaluate, analyze; prints a summary and the run folder."""
