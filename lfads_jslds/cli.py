@@ -27,7 +27,7 @@ SetOption = Annotated[
     list[str] | None,
     typer.Option(
         "--set",
-        help="Config override key=value (e.g. train.lr=0.003, or optim.lr=0.01 for tasks); repeatable.",
+        help="Config override key=value (e.g. train.lr=0.003; tasks: optim.lr=0.01); repeatable.",
     ),
 ]
 
