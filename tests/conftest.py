@@ -25,9 +25,9 @@ def shared_file(rel: str) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def compile_cache(tmp_path_factory):
-    """JAX's persistent compilation cache, on for this module's runs only.
+    """JAX's persistent compilation cache, one for the session (modules share tiny configs).
 
     ``train`` and ``evaluate`` build fresh jitted closures on each call, so a resumed
     run would recompile the same train step (most of a tiny run's time). With the cache
