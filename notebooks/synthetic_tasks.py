@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -68,7 +70,7 @@ print(len(corners), "corners")
 # %%
 spec = get_task("context")
 params, model = load_task_weights(SHARED / "reference" / "context_jslds.npz", spec)
-batch = spec.sample(jax.random.PRNGKey(0), 128)
+batch = spec.sample(jax.random.PRNGKey(0), 64)
 traj = run_batch(params, batch.inputs, model)
 e = np.asarray(traj.e_star).reshape(-1, model.n_hidden)
 u_star = np.asarray(batch.inputs).reshape(-1, spec.n_in).copy()

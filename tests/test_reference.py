@@ -98,7 +98,7 @@ def test_numerical_fixed_points_match_the_expansion_points(flipflop_dynamics):
 def test_context_expansion_points_form_a_line_attractor():
     """One eigenvalue ≈ 1 (integration direction), the second ≈ 0.27–0.30 (paper)."""
     spec, params, model = load("context", "context_jslds")
-    batch = spec.sample(jax.random.PRNGKey(0), 256)
+    batch = spec.sample(jax.random.PRNGKey(0), 64)
     traj = run_batch(params, batch.inputs, model)
     e = np.asarray(traj.e_star).reshape(-1, model.n_hidden)
     u_star = np.asarray(batch.inputs).reshape(-1, spec.n_in).copy()
