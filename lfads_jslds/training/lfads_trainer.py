@@ -225,12 +225,11 @@ def prepare_run(
             data = dataset.load(tensors_path)
         check_batch(data, cfg)
     except Exception:
-        for p in (run / DATA_FILE,):
-            p.unlink(missing_ok=True)
+        (run / DATA_FILE).unlink(missing_ok=True)  # nothing half-written stays behind
         if not any(run.iterdir()):
             run.rmdir()
         raise
-    source = data.attrs.get("source") if nwb else data.attrs.get("source")
+    source = data.attrs.get("source")  # the NWB the tensors were cut from, if recorded
     info = {"tensors": str(tensors_path), "source": source}
     atomic.write_text(run / DATA_INFO, json.dumps(info, indent=2))
     atomic.write_text(run / CONFIG, config_lib.dump_yaml(cfg))
