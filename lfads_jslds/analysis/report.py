@@ -55,9 +55,7 @@ def numerical_fixed_points(cell, states: np.ndarray, u_dim: int, seed: int = 0):
     flat = states.reshape(-1, states.shape[-1])
     rng = np.random.default_rng(seed)
     starts = flat[rng.choice(len(flat), min(N_FINDER_STARTS, len(flat)), replace=False)]
-    return find_fixed_points(
-        lambda h, u: cell(h, u), starts.astype(np.float32), np.zeros(u_dim, np.float32)
-    )
+    return find_fixed_points(cell, starts.astype(np.float32), np.zeros(u_dim, np.float32))
 
 
 def _jpca(factors: np.ndarray, condition: np.ndarray, dt: float) -> tuple[Any, dict[str, Any]]:
@@ -108,12 +106,15 @@ def analyze_run(run: Path) -> dict[str, Any]:
             )
         source = "nearest numerical fixed point (gru generator: no expansion network)"
         states = inf["gen_states"]
-        flat = states.reshape(-1, states.shape[-1])
-        d2 = ((flat[:, None, :] - fps.points[None]) ** 2).sum(-1)
-        points = fps.points[np.argmin(d2, 1)].reshape(states.shape)
+        _, nearest = modes.distance_to_nearest(states, fps.points, return_index=True)
+        points = fps.points[nearest]  # chunked search: memory bounded for any run size
     m = modes.jacobian_modes(cell_fn, gen, points, u_dim, dt, states=states)
     mode_summary = modes.summarize_modes(m, condition)
-    residual = modes.fixed_point_residual(cell_fn, gen, points, u_dim=u_dim)
+    residual = (
+        inf["fixed_point_residual"]  # written by `infer` along the same expansion points
+        if "fixed_point_residual" in inf
+        else modes.fixed_point_residual(cell_fn, gen, points, u_dim=u_dim)
+    )
     distinct = modes.count_distinct(points, DISTINCT_TOL)
     overall = mode_summary["overall"]
 
