@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import sys
 import warnings
@@ -212,6 +213,15 @@ ConfigOption = Annotated[
     typer.Option(help="YAML config (e.g. pipelines/configs/synthetic_demo.yaml)."),
 ]
 RunArg = Annotated[Path, typer.Argument(help="Run folder made by `train`.")]
+
+
+class DominantRule(enum.StrEnum):
+    """``analysis.modes.RULES`` (kept literal here: the CLI imports no JAX until it runs)."""
+
+    motion = "motion"
+    deviation = "deviation"
+
+
 DataArg = Annotated[Path, typer.Argument(help="NWB session or NLB tensor file (from `prepare`).")]
 OutOption = Annotated[Path, typer.Option(help="Run folder to create (or continue with --resume).")]
 ResumeOption = Annotated[bool, typer.Option(help="Continue the run in --out.")]
@@ -277,10 +287,10 @@ def evaluate(run: RunArg) -> None:
     _run(lambda: _evaluate_stage(run))
 
 
-def _analyze_stage(run: Path) -> None:
+def _analyze_stage(run: Path, rule: str = "motion") -> None:
     from lfads_jslds.analysis.report import ANALYSIS, analyze_run
 
-    s = analyze_run(run)
+    s = analyze_run(run, rule)
     tau = s["tau_s_median"]
     typer.echo(
         f"dominant rotational mode: {s['rotation_hz_median']:.3g} Hz median (IQR "
@@ -292,9 +302,18 @@ def _analyze_stage(run: Path) -> None:
 
 
 @app.command("analyze")
-def analyze(run: RunArg) -> None:
+def analyze(
+    run: RunArg,
+    dominant_rule: Annotated[
+        DominantRule,
+        typer.Option(
+            help="How a bin's dominant rotating pair is chosen: the pair carrying the most "
+            "of the state's motion (λ−1 weighted) or of its deviation from e*."
+        ),
+    ] = DominantRule.motion,
+) -> None:
     """Per-trial fixed points, Jacobian modes, rotations, jPCA and figures: RUN/analysis/."""
-    _run(lambda: _analyze_stage(run))
+    _run(lambda: _analyze_stage(run, dominant_rule.value))
 
 
 @app.command("run")

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -40,7 +42,8 @@ print("median ‖F(e*) − e*‖:", summary["fixed_point_residual_median"])
 print("jPCA:", summary["jpca"])
 
 # %% [markdown]
-# Per trial and bin: the dominant pair's frequency and share of the deviation, and the
+# Per trial and bin: the dominant pair's frequency and share of the modal motion (the
+# rule is in `summary["dominant_rule"]`, see `lfads_jslds.analysis.modes`), and the
 # residual ‖F(e*, 0) − e*‖ (how close each expansion point is to a true fixed point).
 
 # %%
@@ -55,7 +58,7 @@ for trial in range(min(5, freq.shape[0])):
     b.plot(t, share[trial])
     c.semilogy(t, residual[trial])
 a.set_ylabel("dominant rotation (Hz)")
-b.set_ylabel("its share of a − e*")
+b.set_ylabel("its share of the motion")
 c.set_ylabel("‖F(e*) − e*‖")
 for ax in (a, b, c):
     ax.set_xlabel("time in window (s)")

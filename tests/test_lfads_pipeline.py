@@ -12,7 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from lfads_jslds import config as config_lib
-from lfads_jslds.cli import app
+from lfads_jslds.analysis.modes import RULES
+from lfads_jslds.cli import DominantRule, app
 from lfads_jslds.data import dataset
 from lfads_jslds.data.prepare import write_tensors
 from lfads_jslds.training import lfads_trainer
@@ -244,6 +245,7 @@ def test_run_writes_the_documented_outputs(tmp_path, tensors_file):
         summary["n_trials"] == n and summary["dt_s"] == 0.02 and summary["eig_sort"] == "abs_desc"
     )
     assert summary["expansion_points_source"].startswith("expansion network")
+    assert summary["dominant_rule"] == "motion"  # the default
     assert json.dumps(summary, allow_nan=False)  # no NaN or inf anywhere
     for name in (
         "eigenvalues",
@@ -266,9 +268,11 @@ def test_analysis_of_a_gru_run_falls_back_to_numerical_fixed_points(tmp_path, te
     missing = runner.invoke(app, ["analyze", str(run)])
     assert missing.exit_code == 1 and "lfads-jslds infer" in missing.output
     assert runner.invoke(app, ["infer", str(run), "--no-progress"]).exit_code == 0
-    result = runner.invoke(app, ["analyze", str(run)])
+    result = runner.invoke(app, ["analyze", str(run), "--dominant-rule", "deviation"])
     assert result.exit_code == 0, result.output
     summary = json.loads((run / "analysis" / "summary.json").read_text())
+    assert summary["dominant_rule"] == summary["modes"]["conventions"]["dominant_rule"]
+    assert {r.value for r in DominantRule} == set(RULES) and summary["dominant_rule"] == "deviation"
     assert summary["expansion_points_source"].startswith("nearest numerical fixed point")
     assert summary["numerical_fixed_points"]["found"] >= 1
     json.dumps(summary, allow_nan=False)

@@ -81,9 +81,50 @@ def _planted():
     return params, S, coords, points, states
 
 
-def test_planted_rotation_recovered_over_slower_and_real_modes():
+def _block_amplitudes(S, coords):
+    """Modal amplitudes in block coordinates: pairs (0, 1), (2, 3), then real modes 4…."""
+    sn = np.linalg.norm(S, axis=0)
+    pair = lambda a, b: np.hypot(coords[..., a], coords[..., b]) * np.hypot(sn[a], sn[b])  # noqa: E731
+    n = coords.shape[-1]
+    return [pair(0, 1), pair(2, 3)] + [np.abs(coords[..., k]) * sn[k] for k in range(4, n)], sn
+
+
+def test_motion_rule_names_the_moving_pair_where_a_slow_pair_holds_the_offset():
+    # A slow pair (0.3 Hz, |λ| 0.995) holds 3× the planted pair's deviation but barely
+    # moves it: the deviation rule names the slow pair, the motion rule the planted one.
+    block = np.zeros((6, 6))
+    block[:2, :2] = _rot(np.exp(-DT / TAU0), 2 * np.pi * F0 * DT)
+    block[2:4, 2:4] = _rot(0.995, 2 * np.pi * 0.3 * DT)
+    block[4, 4], block[5, 5] = 0.9, 0.5
+    params, S = _affine_params(block, m=2)
+    phase = 0.7 * np.arange(10)
+    coords = np.zeros((1, 10, 6))
+    coords[..., 0], coords[..., 1] = np.cos(phase), np.sin(phase)
+    coords[..., 2], coords[..., 3] = 3.0 * np.cos(0.1 * phase), 3.0 * np.sin(0.1 * phase)
+    coords[..., 4:] = 0.1
+    points = np.random.default_rng(0).normal(size=(1, 10, 6))
+    states = points + coords @ S.T
+    amp, _ = _block_amplitudes(S, coords)
+    lam0 = np.exp(-DT / TAU0 + 2j * np.pi * F0 * DT)
+    lam1 = 0.995 * np.exp(2j * np.pi * 0.3 * DT)
+    assert (amp[1] > amp[0]).all()  # the slow pair holds more of d …
+    assert (amp[1] * abs(lam1 - 1) < amp[0] * abs(lam0 - 1)).all()  # … and moves it less
+    by = {r: jacobian_modes(_affine_cell, params, points, 2, DT, states=states, rule=r)
+          for r in ("motion", "deviation")}  # fmt: skip
+    np.testing.assert_allclose(by["motion"].freq_hz, F0, rtol=1e-9)
+    np.testing.assert_allclose(by["motion"].tau_s, TAU0, rtol=1e-9)
+    np.testing.assert_allclose(by["deviation"].freq_hz, 0.3, rtol=1e-9)
+    for r, m in by.items():
+        assert summarize_modes(m)["conventions"]["dominant_rule"] == r
+    with pytest.raises(ValueError, match="rule must be one of"):
+        jacobian_modes(_affine_cell, params, points, 2, DT, states=states, rule="largest")
+
+
+@pytest.mark.parametrize("rule", ["motion", "deviation"])
+def test_planted_rotation_recovered_over_slower_and_real_modes(rule):
     params, S, coords, points, states = _planted()
-    modes = jacobian_modes(_affine_cell, params, points, 2, DT, states=states, chunk=7)
+    modes = jacobian_modes(_affine_cell, params, points, 2, DT, states=states, chunk=7, rule=rule)
+    assert modes.rule == rule
     assert modes.sort == EIG_SORT and modes.eigenvalues.dtype == np.complex64
     assert modes.eigenvalues.shape == (3, 12, 8)
     # Slowest first: the real 0.995 mode, then the 0.99 pair, before the planted pair.
@@ -104,16 +145,17 @@ def test_planted_rotation_recovered_over_slower_and_real_modes():
     lam = modes.eigenvalues[0, 0][modes.dominant_index]
     np.testing.assert_allclose(lam, modes.dominant_eigenvalue, atol=1e-6)
 
-    # Share = pair contribution / Σ contributions, in the planted (real-block) coordinates:
-    # a pair with block coordinates (x, y) contributes √(x² + y²) √(‖s1‖² + ‖s2‖²), a real
-    # mode |x| ‖s‖ (see the module docstring).
-    sn = np.linalg.norm(S, axis=0)
-    pair = lambda a, b: np.hypot(coords[..., a], coords[..., b]) * np.hypot(sn[a], sn[b])  # noqa: E731
-    contrib = [pair(0, 1), pair(2, 3)] + [np.abs(coords[..., k]) * sn[k] for k in range(4, 8)]
-    total = sum(contrib)
-    np.testing.assert_allclose(modes.share[planted], (contrib[0] / total)[planted], rtol=1e-9)
-    np.testing.assert_allclose(modes.amplitude[planted], contrib[0][planted], rtol=1e-9)
-    np.testing.assert_allclose(modes.share[~planted], (contrib[1] / total)[~planted], rtol=1e-9)
+    # Share = pair weight / Σ weights, in the planted (real-block) coordinates: a pair with
+    # block coordinates (x, y) has amplitude √(x² + y²) √(‖s1‖² + ‖s2‖²), a real mode
+    # |x| ‖s‖ (see the module docstring); the motion rule weighs each by |λ − 1|.
+    amp, _ = _block_amplitudes(S, coords)
+    lam = [np.exp(-DT / TAU0 + 2j * np.pi * F0 * DT), 0.99 * np.exp(2j * np.pi * 5.0 * DT)]
+    lam += [0.995, 0.3, -0.2, 0.5]
+    weight = [a * (abs(x - 1) if rule == "motion" else 1.0) for a, x in zip(amp, lam, strict=True)]
+    total = sum(weight)
+    np.testing.assert_allclose(modes.share[planted], (weight[0] / total)[planted], rtol=1e-9)
+    np.testing.assert_allclose(modes.amplitude[planted], amp[0][planted], rtol=1e-9)
+    np.testing.assert_allclose(modes.share[~planted], (weight[1] / total)[~planted], rtol=1e-9)
     d = states - points
     np.testing.assert_allclose(modes.deviation_norm, np.linalg.norm(d, axis=-1), rtol=1e-12)
 
@@ -183,14 +225,16 @@ def test_jacobians_match_finite_differences_and_feed_the_modes():
         assert cost[i, j].max() < 1e-6  # complex64 storage
         em = eig_modes(J_h[p])
         amp = np.abs(em.left @ d[p]) * np.linalg.norm(em.right, axis=0)
+        motion = amp * np.abs(em.eigenvalues - 1)  # the default rule's weight
         rot = em.eigenvalues.imag > modes.imag_tol * np.abs(em.eigenvalues)
         if not rot.any():
             assert not modes.has_rotation[0, p]
             continue
-        k = np.argmax(np.where(rot, amp, -1))
+        k = np.argmax(np.where(rot, motion, -1))
         assert modes.dominant_index[0, p] == k
         np.testing.assert_allclose(modes.dominant_eigenvalue[0, p], em.eigenvalues[k], atol=1e-12)
-        np.testing.assert_allclose(modes.share[0, p], 2 * amp[k] / amp.sum(), rtol=1e-9)
+        np.testing.assert_allclose(modes.share[0, p], 2 * motion[k] / motion.sum(), rtol=1e-9)
+        np.testing.assert_allclose(modes.amplitude[0, p], 2 * amp[k], rtol=1e-9)
         gain = 2 * np.linalg.norm(em.left[k] @ J_u[p]) * np.linalg.norm(em.right[:, k])
         np.testing.assert_allclose(modes.input_gain[0, p], gain, rtol=1e-9)
     assert modes.has_rotation.any()

@@ -4,7 +4,7 @@ Why: a trained JSLDS generator is, at every (trial, time), the linear system
 ``a_t − e*_t = J_h (a_{t−1} − e*_t) + J_u u_t`` around its expansion point ``e*_t``.
 Its eigenvalues say how each local mode rotates and decays, but the slowest mode is
 not the one the trajectory uses: the question here is *which* complex-conjugate pair
-carries the trajectory's deviation from ``e*``, at what frequency and time constant,
+moves the trajectory around ``e*``, at what frequency and time constant,
 in which plane, and whether that differs between trials and conditions. Over a data
 set (e.g. 2295 trials × 140 bins at n = 100) the ``n × n`` eigenvector matrices of every
 point would not fit in memory, so everything here runs in fixed-size chunks and keeps
@@ -16,25 +16,34 @@ Dominant rotational mode of a point (``jacobian_modes``), with ``J_h = V Λ V^{-
 ``W = V^{-1}``, see ``analysis.eigen``):
 
 - ``d = state − e*`` is written in mode coordinates ``c_k = w_k · d`` (exactly,
-  ``d = Σ_k c_k v_k``, also for a non-orthogonal ``V``). Mode ``k``'s contribution is
+  ``d = Σ_k c_k v_k``, also for a non-orthogonal ``V``). Mode ``k``'s amplitude is
   ``|c_k| · ‖v_k‖``: the norm of its component ``c_k v_k`` in state space. ``|c_k|``
   alone is not a measure: rescaling ``v_k → s v_k`` rescales ``w_k → w_k / s`` and hence
   ``c_k → c_k / s``; only the product is independent of how eigenvectors are normalised
   (LAPACK returns ``‖v_k‖ = 1``, so it equals ``|c_k|`` there, but it is computed).
-- A conjugate pair ``(k, k̄)`` contributes ``|c_k|‖v_k‖ + |c_k̄|‖v_k̄‖ = 2|c_k|‖v_k‖``
+- A conjugate pair ``(k, k̄)`` has amplitude ``|c_k|‖v_k‖ + |c_k̄|‖v_k̄‖ = 2|c_k|‖v_k‖``
   (for real ``J_h`` and ``d``, ``c_k̄ = conj(c_k)`` and ``v_k̄ = conj(v_k)``). This sum,
   rather than the norm of the real component ``2 Re(c_k v_k)``, is used because it does
   not depend on the phase of the oscillation at time ``t``: ``‖2 Re(c_k v_k)‖``
   swings between ``2|c_k|·σ_min`` and ``2|c_k|·σ_max`` of ``[Re v_k, Im v_k]`` over a
   cycle, while ``2|c_k|‖v_k‖`` is √2 times its RMS over phase.
-- ``share`` = the pair's contribution / ``Σ_k |c_k|‖v_k‖`` over all ``n`` modes (so the
-  shares of all modes sum to 1). It is a share of modal amplitude, not of ``‖d‖``:
-  for non-normal ``J_h`` modes can cancel, ``Σ_k |c_k|‖v_k‖ ≥ ‖d‖``.
+- The dominant pair is the rotating pair that carries the most of the trajectory's
+  **motion** (``rule="motion"``, the default): without input the local system moves the
+  state by ``(J_h − I) d = Σ_k (λ_k − 1) c_k v_k`` per step, so mode ``k`` carries
+  ``|λ_k − 1| |c_k| ‖v_k‖`` of it. ``rule="deviation"`` weighs the amplitude alone
+  (``|c_k|‖v_k‖``: the pair holding most of ``d``). Why motion: a trained generator
+  parks much of ``d`` in slow modes (``λ ≈ 1``, often with a slight rotation) that hold a
+  condition's offset, e.g. through a preparatory period, but barely move it; the rotation
+  the trajectory *follows* is the one that moves it. On the synthetic demo run (planted
+  2.0 Hz), the deviation rule names a 0.6 Hz slow pair in most bins (median 0.60 Hz), the
+  motion rule the learned 2.15 Hz pair (jPCA on the same run: 1.96 Hz).
+- ``share`` = the dominant pair's weight / the sum of all ``n`` modes' weights under the
+  rule (so the shares of all modes sum to 1): a share of modal motion (or amplitude),
+  not of ``‖(J_h − I) d‖`` or ``‖d‖``: for non-normal ``J_h`` modes can cancel.
 - Rotating pairs are the eigenvalues with ``Im λ > imag_tol · |λ|`` (i.e.
-  ``sin|angle λ| > imag_tol``; one member per pair, the ``Im λ > 0`` one); the dominant
-  pair is the rotating pair with the largest contribution (ties: the first in EIG_SORT
-  order, i.e. the slowest). Non-rotating modes never compete, however large their
-  ``|λ|`` or contribution: a real mode carries no rotation.
+  ``sin|angle λ| > imag_tol``; one member per pair, the ``Im λ > 0`` one); ties go to
+  the first in EIG_SORT order, i.e. the slowest. Non-rotating modes never compete,
+  however large their ``|λ|`` or weight: a real mode carries no rotation.
 - A point with no rotating pair has ``has_rotation = False`` and every dominant-mode
   field reads as ``λ = 0``: frequency, τ, half-life, ``|λ|``, share, amplitude and input
   gain are 0, ``stable`` is True, ``dominant_index`` is −1. Nothing is ever NaN.
@@ -71,6 +80,7 @@ from lfads_jslds.analysis.eigen import EIG_SORT, _sort_index, discrete_to_contin
 
 __all__ = [
     "JacobianModes",
+    "RULES",
     "TrialModeSummary",
     "jacobian_modes",
     "trial_summaries",
@@ -98,8 +108,9 @@ class JacobianModes:
     - ``dominant_eigenvalue`` complex128 (``Im > 0``); 0 if none.
     - ``freq_hz``, ``tau_s`` (``+inf`` when ``|λ| ≥ 1``), ``half_life_s`` (same),
       ``abs_lambda``, ``stable`` (``|λ| < 1``): of the dominant pair.
-    - ``share`` in ``[0, 1]``: its share of the total modal amplitude of ``d``;
-      ``amplitude``: its contribution ``2|w_k·d|‖v_k‖`` (state units).
+    - ``share`` in ``[0, 1]``: its share of the total modal weight under ``rule``
+      (motion or amplitude of ``d``); ``amplitude``: its amplitude ``2|w_k·d|‖v_k‖``
+      (state units), whatever the rule.
     - ``input_gain``: ``2‖w_k J_u‖‖v_k‖``, the largest pair amplitude a unit-norm input
       ``u`` injects in one step (0 when ``u_dim = 0``).
     - ``deviation_norm``: ``‖d‖``.
@@ -117,7 +128,8 @@ class JacobianModes:
     - ``plane_time: [trial]`` int, −1 when the trial never rotates.
     - ``plane_valid: [trial]`` bool.
 
-    ``dt`` (s), ``imag_tol`` and ``sort`` (= EIG_SORT) record the settings.
+    ``dt`` (s), ``imag_tol``, ``rule`` (see RULES) and ``sort`` (= EIG_SORT) record the
+    settings.
     """
 
     eigenvalues: np.ndarray
@@ -138,7 +150,16 @@ class JacobianModes:
     plane_valid: np.ndarray
     dt: float
     imag_tol: float
+    rule: str
     sort: str = EIG_SORT
+
+
+#: Dominant-pair rules (module docstring): the pair carrying the most modal motion
+#: ``|λ_k − 1||c_k|‖v_k‖`` (default) or the most modal amplitude ``|c_k|‖v_k‖`` of ``d``.
+RULES = {
+    "motion": "rotating pair with the largest 2|λ_k − 1||w_k·d|‖v_k‖, d = state − e*",
+    "deviation": "rotating pair with the largest 2|w_k·d|‖v_k‖, d = state − e*",
+}
 
 
 # Per-point scalar fields filled chunk by chunk: name -> dtype.
@@ -180,7 +201,7 @@ def _solve_modes(V: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     return out
 
 
-def _modes_block(jh: np.ndarray, ju: np.ndarray, d: np.ndarray, imag_tol: float) -> dict:
+def _modes_block(jh: np.ndarray, ju: np.ndarray, d: np.ndarray, imag_tol: float, rule: str) -> dict:
     """Eigen-decomposition and dominant rotating pair of a block of points.
 
     ``jh: [b, n, n]``, ``ju: [b, n, m]``, ``d: [b, n]`` (float64). Returns per-point
@@ -197,16 +218,17 @@ def _modes_block(jh: np.ndarray, ju: np.ndarray, d: np.ndarray, imag_tol: float)
     rhs = np.concatenate([d[:, :, None], ju], axis=-1).astype(np.complex128)
     coef = _solve_modes(V, rhs)  # [b, n, 1 + m]: mode coordinates of d and of J_u's columns
     vnorm = np.linalg.norm(V, axis=-2)  # [b, n]
-    amp = np.abs(coef[:, :, 0]) * vnorm  # contribution of each mode to d
-    total = amp.sum(-1)
+    amp = np.abs(coef[:, :, 0]) * vnorm  # amplitude of each mode in d
+    weight = amp * np.abs(lam - 1.0) if rule == "motion" else amp
+    total = weight.sum(-1)
 
     rotating = lam.imag > imag_tol * np.abs(lam)  # one member (Im > 0) per pair
     has = rotating.any(-1)
-    k = np.argmax(np.where(rotating, amp, -1.0), axis=-1)  # first max = slowest on ties
+    k = np.argmax(np.where(rotating, weight, -1.0), axis=-1)  # first max = slowest on ties
     rows = np.arange(b)
-    pair_amp = np.where(has, 2.0 * amp[rows, k], 0.0)
+    pair_weight = np.where(has, 2.0 * weight[rows, k], 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        share = np.where(total > 0, pair_amp / np.where(total > 0, total, 1.0), 0.0)
+        share = np.where(total > 0, pair_weight / np.where(total > 0, total, 1.0), 0.0)
     gain = 2.0 * np.linalg.norm(coef[rows, k, 1:], axis=-1) * vnorm[rows, k]
     return {
         "eigenvalues": lam.astype(np.complex64),
@@ -214,7 +236,7 @@ def _modes_block(jh: np.ndarray, ju: np.ndarray, d: np.ndarray, imag_tol: float)
         "dominant_index": np.where(has, k, -1),
         "dominant_eigenvalue": np.where(has, lam[rows, k], 0.0),
         "share": np.clip(share, 0.0, 1.0),
-        "amplitude": pair_amp,
+        "amplitude": np.where(has, 2.0 * amp[rows, k], 0.0),
         "input_gain": np.where(has, gain, 0.0),
         "deviation_norm": np.linalg.norm(d, axis=-1),
         "v": np.where(has[:, None], V[rows, :, k], 0.0),
@@ -245,6 +267,7 @@ def jacobian_modes(
     states: np.ndarray,
     chunk: int = 256,
     imag_tol: float = 1e-3,
+    rule: str = "motion",
     workers: int | None = None,
 ) -> JacobianModes:
     """Eigenvalues and dominant rotating pair of ``J_h`` at every expansion point.
@@ -257,7 +280,8 @@ def jacobian_modes(
     ``u* = 0``; ``dt``: bin width in seconds. ``imag_tol``: a pair rotates iff
     ``Im λ > imag_tol · |λ|``; the default 1e-3 sits above the ~√ε ≈ 3e-4 splitting
     that float32 round-off in ``J_h`` gives a (nearly) repeated real eigenvalue, and
-    counts rotations down to ``1e-3 / (2π Δt)`` (0.008 Hz at Δt = 20 ms).
+    counts rotations down to ``1e-3 / (2π Δt)`` (0.008 Hz at Δt = 20 ms). ``rule``: how
+    the dominant pair is chosen, ``"motion"`` or ``"deviation"`` (module docstring).
 
     ``J_h`` and ``J_u`` come from one jitted ``vmap(jacfwd)`` run over chunks of
     ``chunk`` points (the last one padded, so one shape is compiled; the next chunk is
@@ -279,6 +303,8 @@ def jacobian_modes(
         )
     if not dt > 0:
         raise ValueError(f"dt must be > 0 seconds, got {dt}")
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {sorted(RULES)}, got {rule!r}")
     if chunk < 1 or u_dim < 0:
         raise ValueError(f"need chunk >= 1 and u_dim >= 0, got {chunk}, {u_dim}")
     if not (np.isfinite(points).all() and np.isfinite(states).all()):
@@ -321,7 +347,7 @@ def jacobian_modes(
                 d = flat_sts[start:stop].astype(np.float64) - flat_pts[start:stop]
                 splits = np.array_split(np.arange(stop - start), min(workers, stop - start))
                 blocks = [(jh[s], ju[s], d[s]) for s in splits]
-                parts = list(pool.map(lambda b: _modes_block(*b, imag_tol), blocks))
+                parts = list(pool.map(lambda b: _modes_block(*b, imag_tol, rule), blocks))
                 res = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
                 eigenvalues[start:stop] = res["eigenvalues"]
                 for name in out:
@@ -353,6 +379,7 @@ def jacobian_modes(
         plane_valid=plane_valid,
         dt=float(dt),
         imag_tol=float(imag_tol),
+        rule=rule,
     )
 
 
@@ -619,7 +646,8 @@ def summarize_modes(
             "imag_tol": modes.imag_tol,
             "frequency": "Hz, |angle λ| / (2π Δt)",
             "tau": "s, −Δt / ln|λ|; None means +inf (|λ| ≥ 1, the mode does not decay)",
-            "dominant_pair": "rotating pair with the largest 2|w_k·d|‖v_k‖, d = state − e*",
+            "dominant_rule": modes.rule,
+            "dominant_pair": RULES[modes.rule],
             "time_aggregation": ("share-weighted lower median" if weighted else "unweighted median")
             + " over a trial's rotating bins",
             "trial_aggregation": "median / quartiles over trials with a rotating bin",

@@ -9,7 +9,8 @@ Reads ``inference.h5`` (DESIGN §7) and the run's weights; writes ``analysis/``:
   frequency and R², and the full mode summary (``modes``: per condition, plane angles,
   per trial; conventions in ``modes.conventions``).
 - ``modes.h5``: per trial and bin the dominant rotational mode (frequency, τ, |λ|,
-  share), the eigenvalues of J_h, and per trial the dominant plane.
+  share; chosen by ``dominant_rule``, see ``analysis.modes``), the eigenvalues of J_h,
+  and per trial the dominant plane.
 - ``figures/*.png``: eigenvalue spectra, mode histograms, rosettes in the top rotational
   plane and in jPCA's plane, expansion points in PCA space, one trial's raster vs rates.
 
@@ -74,8 +75,13 @@ def _jpca(factors: np.ndarray, condition: np.ndarray, dt: float) -> tuple[Any, d
     }
 
 
-def analyze_run(run: Path) -> dict[str, Any]:
-    """Write ``analysis/`` for ``run``; returns the summary."""
+def analyze_run(run: Path, rule: str = "motion") -> dict[str, Any]:
+    """Write ``analysis/`` for ``run``; returns the summary.
+
+    ``rule``: how the dominant rotating pair of a bin is chosen (``modes.RULES``).
+    """
+    if rule not in modes.RULES:
+        raise ValueError(f"rule must be one of {sorted(modes.RULES)}, got {rule!r}")
     run = Path(run)
     out = run / ANALYSIS
     if (out / "summary.json").exists():
@@ -108,7 +114,7 @@ def analyze_run(run: Path) -> dict[str, Any]:
         states = inf["gen_states"]
         _, nearest = modes.distance_to_nearest(states, fps.points, return_index=True)
         points = fps.points[nearest]  # chunked search: memory bounded for any run size
-    m = modes.jacobian_modes(cell_fn, gen, points, u_dim, dt, states=states)
+    m = modes.jacobian_modes(cell_fn, gen, points, u_dim, dt, states=states, rule=rule)
     mode_summary = modes.summarize_modes(m, condition)
     residual = (
         inf["fixed_point_residual"]  # written by `infer` along the same expansion points
@@ -127,6 +133,7 @@ def analyze_run(run: Path) -> dict[str, Any]:
         "n_trials": int(n_trials),
         "dt_s": dt,
         "eig_sort": m.sort,
+        "dominant_rule": m.rule,
         "generator": cfg.model.generator,
         "expansion_points_source": source,
         "distinct_fixed_points_per_trial": {
@@ -161,7 +168,12 @@ def analyze_run(run: Path) -> dict[str, Any]:
             "trial_ids": inf["trial_ids"],
             "condition": condition,
         },
-        {"dt_s": dt, "eig_sort": m.sort, "expansion_points_source": source},
+        {
+            "dt_s": dt,
+            "eig_sort": m.sort,
+            "dominant_rule": m.rule,
+            "expansion_points_source": source,
+        },
     )
     _figures(out / "figures", inf, data, m, jp, condition, points, states, dt, attrs)
     atomic.write_text(out / "summary.json", json.dumps(summary, indent=2))
