@@ -1,14 +1,19 @@
 """synth → prepare → metrics: the ground truth scores above the smoothing baseline."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from lfads_jslds import config as config_lib
 from lfads_jslds.cli import app
 from lfads_jslds.data.nwb import read_session
 from lfads_jslds.data.prepare import prepare, read_tensors, write_tensors
 from lfads_jslds.data.synth import read_ground_truth, true_rates_per_bin
 from lfads_jslds.metrics import bits_per_spike, evaluate, smoothing_baseline
+from lfads_jslds.training import lfads_trainer
+from lfads_jslds.training.run_config import RunConfig
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +75,20 @@ def test_ground_truth_beats_smoothing_baseline_and_null_scores_zero(session, tmp
         tensors,
     )
     assert scores["co-bps"] == pytest.approx(truth_bps)
+
+
+def test_a_run_made_from_nwb_finds_its_data_after_a_move_and_from_any_directory(
+    session, tmp_path, monkeypatch
+):
+    demo = Path(__file__).parents[1] / "pipelines" / "configs" / "synthetic_demo.yaml"
+    cfg = config_lib.resolve(RunConfig(), demo, [])
+    monkeypatch.chdir(tmp_path)
+    made, source = lfads_trainer.prepare_run(Path("runs/a"), cfg, session, resume=False)
+    moved = tmp_path / "elsewhere" / "a"
+    moved.parent.mkdir()
+    Path("runs/a").rename(moved)
+    monkeypatch.chdir(moved.parent)  # neither the old cwd nor inside the run
+    data, found = lfads_trainer.load_run_data(moved)
+    assert found == source == session.resolve()
+    np.testing.assert_array_equal(data.train_input, made.train_input)
+    np.testing.assert_array_equal(data.train_target, made.train_target)

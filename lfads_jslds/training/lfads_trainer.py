@@ -230,7 +230,8 @@ def prepare_run(
             run.rmdir()
         raise
     source = data.attrs.get("source")  # the NWB the tensors were cut from, if recorded
-    info = {"tensors": str(tensors_path), "source": source}
+    # the run's own data.h5 is named relative to the run, so the folder can move
+    info = {"tensors": DATA_FILE if nwb else str(tensors_path), "source": source}
     atomic.write_text(run / DATA_INFO, json.dumps(info, indent=2))
     atomic.write_text(run / CONFIG, config_lib.dump_yaml(cfg))
     return data, Path(source) if source else None
@@ -251,7 +252,8 @@ def load_run_data(run: Path) -> tuple[LFADSData, Path | None]:
     if not info_path.exists():
         raise RunFolderError(f"{run} has no {DATA_INFO}: not a run folder made by `train`")
     info = json.loads(info_path.read_text())
-    data = dataset.load(Path(info["tensors"]))
+    tensors = Path(info["tensors"])  # relative: inside the run folder, which may have moved
+    data = dataset.load(tensors if tensors.is_absolute() else Path(run) / tensors)
     return data, Path(info["source"]) if info.get("source") else None
 
 
