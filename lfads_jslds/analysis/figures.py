@@ -33,7 +33,8 @@ def eigenvalue_spectra(
     ``eigvals: [trial, time, n]``; one panel per condition (first ``max_panels``), all of
     its trials' eigenvalues coloured by time.
     """
-    conds = np.unique(condition)[:max_panels]
+    all_conds = np.unique(condition)
+    conds = all_conds[:max_panels]
     cols = int(np.ceil(np.sqrt(len(conds))))
     rows = int(np.ceil(len(conds) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
@@ -51,7 +52,12 @@ def eigenvalue_spectra(
         ax.set_title(f"condition {c}", fontsize=9)
     for ax in list(axes.flat)[len(conds) :]:
         ax.axis("off")
-    fig.suptitle("Eigenvalues of J_h at the expansion points (arc: unit circle |λ| = 1)")
+    shown = (
+        f"; first {len(conds)} of {len(all_conds)} conditions"
+        if len(conds) < len(all_conds)
+        else ""
+    )
+    fig.suptitle(f"Eigenvalues of J_h at the expansion points (arc: unit circle |λ| = 1{shown})")
     fig.tight_layout()
     fig.colorbar(sc, ax=axes, label="time (s)", shrink=0.8)
     return _save(fig, path)
