@@ -3,7 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-RUN ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
+ifndef RUN  # expanded once: the run folder and the link below must agree
+RUN := runs/demo-$(shell date +%Y%m%d-%H%M%S)
+endif
+LATEST := runs/demo-latest
 DEMO_DATA := runs/synthetic_small.nwb
 
 .PHONY: demo test lint bench
@@ -17,9 +20,11 @@ $(STAMP): pyproject.toml
 $(DEMO_DATA): | $(STAMP)
 	$(BIN)/lfads-jslds synth $@ --preset small
 
-## demo: synthetic session -> train LFADS-JSLDS -> infer -> evaluate; prints a summary table
+## demo: synthetic session -> train LFADS-JSLDS -> infer -> evaluate -> analyze; prints a
+## summary table; $(LATEST) links the newest demo run (the notebooks' default)
 demo: $(STAMP) $(DEMO_DATA)
 	$(BIN)/lfads-jslds run $(DEMO_DATA) --out $(RUN) --config pipelines/configs/synthetic_demo.yaml
+	ln -sfn $(abspath $(RUN)) $(LATEST)
 
 ## test: the whole test suite (what CI runs)
 test: $(STAMP)

@@ -16,9 +16,10 @@
 # %% [markdown]
 # # Quickstart: a trained LFADS-JSLDS run
 #
-# `make demo` trains LFADS-JSLDS on a synthetic session and prints its run folder. Point
-# `RUN` at it (or set `LFADS_JSLDS_RUN`). This notebook loads the inferred rates, compares
-# one trial's spikes with its rates, and reads the metrics.
+# `make demo` trains LFADS-JSLDS on a synthetic session, prints its run folder and links it
+# as `runs/demo-latest`, the default here (set `LFADS_JSLDS_RUN` for another run). This
+# notebook loads the inferred rates, compares one trial's spikes with its rates, and reads
+# the metrics.
 
 # %%
 import json
@@ -31,7 +32,7 @@ import numpy as np
 from lfads_jslds.inference import load_inference
 from lfads_jslds.training import lfads_trainer
 
-RUN = Path(os.environ.get("LFADS_JSLDS_RUN", "../runs/demo"))
+RUN = Path(os.environ.get("LFADS_JSLDS_RUN", "../runs/demo-latest"))
 inf, attrs = load_inference(RUN)
 data, source = lfads_trainer.load_run_data(RUN)
 dt = attrs["bin_ms"] / 1000.0  # seconds per bin; rates in inference.h5 are spikes per bin

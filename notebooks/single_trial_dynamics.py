@@ -34,7 +34,7 @@ import numpy as np
 
 from lfads_jslds.inference import load_inference
 
-RUN = Path(os.environ.get("LFADS_JSLDS_RUN", "../runs/demo"))
+RUN = Path(os.environ.get("LFADS_JSLDS_RUN", "../runs/demo-latest"))
 summary = json.loads((RUN / "analysis" / "summary.json").read_text())
 print({k: summary[k] for k in ("rotation_hz_median", "rotation_hz_iqr", "tau_s_median", "dt_s")})
 print("expansion points from:", summary["expansion_points_source"])
