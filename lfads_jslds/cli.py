@@ -213,6 +213,10 @@ ConfigOption = Annotated[
     typer.Option(help="YAML config (e.g. pipelines/configs/synthetic_demo.yaml)."),
 ]
 RunArg = Annotated[Path, typer.Argument(help="Run folder made by `train`.")]
+DataArg = Annotated[Path, typer.Argument(help="NWB session or NLB tensor file (from `prepare`).")]
+OutOption = Annotated[Path, typer.Option(help="Run folder to create (or continue with --resume).")]
+ResumeOption = Annotated[bool, typer.Option(help="Continue the run in --out.")]
+ProgressOption = Annotated[bool, typer.Option(help="Show progress bars.")]
 
 
 class DominantRule(enum.StrEnum):
@@ -220,12 +224,6 @@ class DominantRule(enum.StrEnum):
 
     motion = "motion"
     deviation = "deviation"
-
-
-DataArg = Annotated[Path, typer.Argument(help="NWB session or NLB tensor file (from `prepare`).")]
-OutOption = Annotated[Path, typer.Option(help="Run folder to create (or continue with --resume).")]
-ResumeOption = Annotated[bool, typer.Option(help="Continue the run in --out.")]
-ProgressOption = Annotated[bool, typer.Option(help="Show progress bars.")]
 
 
 def _train_stage(
@@ -293,7 +291,8 @@ def _analyze_stage(run: Path, rule: str = "motion") -> None:
     s = analyze_run(run, rule)
     tau = s["tau_s_median"]
     typer.echo(
-        f"dominant rotational mode: {s['rotation_hz_median']:.3g} Hz median (IQR "
+        f"dominant rotational mode ({s['dominant_rule']} rule): "
+        f"{s['rotation_hz_median']:.3g} Hz median (IQR "
         f"{s['rotation_hz_iqr']:.3g}), tau {'inf' if tau is None else f'{tau:.3g} s'}; "
         f"jPCA {s['jpca']['rotation_hz']:.3g} Hz (R² skew {s['jpca']['r2_skew']:.2f}); "
         f"median ‖F(e*)−e*‖ {s['fixed_point_residual_median']:.3g} ({s['expansion_points_source']})"

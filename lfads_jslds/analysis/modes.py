@@ -34,9 +34,9 @@ Dominant rotational mode of a point (``jacobian_modes``), with ``J_h = V Λ V^{-
   (``|c_k|‖v_k‖``: the pair holding most of ``d``). Why motion: a trained generator
   parks much of ``d`` in slow modes (``λ ≈ 1``, often with a slight rotation) that hold a
   condition's offset, e.g. through a preparatory period, but barely move it; the rotation
-  the trajectory *follows* is the one that moves it. On the synthetic demo run (planted
-  2.0 Hz), the deviation rule names a 0.6 Hz slow pair in most bins (median 0.60 Hz), the
-  motion rule the learned 2.15 Hz pair (jPCA on the same run: 1.96 Hz).
+  the trajectory *follows* is the one that moves it. On the synthetic demo (planted
+  2.0 Hz), the deviation rule names slow pairs in most bins (median ≈ 0.5 Hz), the
+  motion rule the learned ≈ 2.2 Hz pair (jPCA of the same run: ≈ 1.9 Hz).
 - ``share`` = the dominant pair's weight / the sum of all ``n`` modes' weights under the
   rule (so the shares of all modes sum to 1): a share of modal motion (or amplitude),
   not of ``‖(J_h − I) d‖`` or ``‖d‖``: for non-normal ``J_h`` modes can cancel.
