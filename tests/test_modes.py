@@ -86,7 +86,7 @@ def _block_amplitudes(S, coords):
     sn = np.linalg.norm(S, axis=0)
     pair = lambda a, b: np.hypot(coords[..., a], coords[..., b]) * np.hypot(sn[a], sn[b])  # noqa: E731
     n = coords.shape[-1]
-    return [pair(0, 1), pair(2, 3)] + [np.abs(coords[..., k]) * sn[k] for k in range(4, n)], sn
+    return [pair(0, 1), pair(2, 3)] + [np.abs(coords[..., k]) * sn[k] for k in range(4, n)]
 
 
 def test_motion_rule_names_the_moving_pair_where_a_slow_pair_holds_the_offset():
@@ -104,7 +104,7 @@ def test_motion_rule_names_the_moving_pair_where_a_slow_pair_holds_the_offset():
     coords[..., 4:] = 0.1
     points = np.random.default_rng(0).normal(size=(1, 10, 6))
     states = points + coords @ S.T
-    amp, _ = _block_amplitudes(S, coords)
+    amp = _block_amplitudes(S, coords)
     lam0 = np.exp(-DT / TAU0 + 2j * np.pi * F0 * DT)
     lam1 = 0.995 * np.exp(2j * np.pi * 0.3 * DT)
     assert (amp[1] > amp[0]).all()  # the slow pair holds more of d …
@@ -148,7 +148,7 @@ def test_planted_rotation_recovered_over_slower_and_real_modes(rule):
     # Share = pair weight / Σ weights, in the planted (real-block) coordinates: a pair with
     # block coordinates (x, y) has amplitude √(x² + y²) √(‖s1‖² + ‖s2‖²), a real mode
     # |x| ‖s‖ (see the module docstring); the motion rule weighs each by |λ − 1|.
-    amp, _ = _block_amplitudes(S, coords)
+    amp = _block_amplitudes(S, coords)
     lam = [np.exp(-DT / TAU0 + 2j * np.pi * F0 * DT), 0.99 * np.exp(2j * np.pi * 5.0 * DT)]
     lam += [0.995, 0.3, -0.2, 0.5]
     weight = [a * (abs(x - 1) if rule == "motion" else 1.0) for a, x in zip(amp, lam, strict=True)]
