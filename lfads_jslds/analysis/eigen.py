@@ -38,6 +38,7 @@ __all__ = [
     "discrete_to_continuous",
     "continuous_time_matrix",
     "rotation_plane",
+    "rotation_planes",
     "principal_angles",
 ]
 
@@ -154,24 +155,34 @@ def continuous_time_matrix(J: np.ndarray, dt: float) -> np.ndarray:
     return out / dt
 
 
-def rotation_plane(v: np.ndarray, rtol: float = 1e-8) -> np.ndarray:
-    """Orthonormal basis ``[n, 2]`` of the real plane ``span{Re v, Im v}``.
+def rotation_planes(v: np.ndarray, rtol: float = 1e-8) -> tuple[np.ndarray, np.ndarray]:
+    """Orthonormal bases ``[..., n, 2]`` of the real planes ``span{Re v, Im v}``, and validity.
 
-    ``v: [n]`` complex eigenvector of a real matrix for a non-real eigenvalue; the plane
-    is the mode's real invariant subspace and does not depend on the phase of ``v``.
+    ``v: [..., n]`` complex eigenvectors of a real matrix for non-real eigenvalues; each
+    plane is the mode's real invariant subspace and does not depend on the phase of ``v``.
     Columns from a reduced QR of ``[Re v, Im v]``, signed so that column 0 points along
-    ``Re v``. Raises ``ValueError`` when ``Re v`` and ``Im v`` are (near) parallel
-    (``|R[1, 1]| <= rtol · |R[0, 0]|``, e.g. a real eigenvector): no plane is defined.
+    ``Re v``. ``valid: [...]`` is False (and the basis zeros) where ``Re v`` and ``Im v``
+    are (near) parallel (``|R[1, 1]| <= rtol · max(|R[0, 0]|, |R[0, 1]|)``, e.g. a real
+    eigenvector): no plane is defined there.
     """
+    v = np.asarray(v)
+    Q, R = np.linalg.qr(np.stack([v.real, v.imag], axis=-1))
+    d0, d1, r01 = np.abs(R[..., 0, 0]), np.abs(R[..., 1, 1]), np.abs(R[..., 0, 1])
+    valid = (d0 > 0) & (d1 > rtol * np.maximum(d0, r01))
+    sign = np.where(np.stack([R[..., 0, 0], R[..., 1, 1]], -1) < 0, -1.0, 1.0)
+    return np.where(valid[..., None, None], Q * sign[..., None, :], 0.0), valid
+
+
+def rotation_plane(v: np.ndarray, rtol: float = 1e-8) -> np.ndarray:
+    """Orthonormal basis ``[n, 2]`` of ``span{Re v, Im v}`` for one ``v: [n]``
+    (:func:`rotation_planes`); raises ``ValueError`` where that plane is not defined."""
     v = np.asarray(v)
     if v.ndim != 1:
         raise ValueError(f"v must be [n], got shape {v.shape}")
-    X = np.stack([v.real, v.imag], axis=-1)
-    Q, R = np.linalg.qr(X)
-    d = np.diag(R)
-    if not np.abs(d[0]) > 0 or np.abs(d[1]) <= rtol * max(np.abs(d[0]), np.abs(R[0, 1])):
+    Q, valid = rotation_planes(v, rtol)
+    if not valid:
         raise ValueError("Re v and Im v are (near) parallel: v spans no rotation plane")
-    return Q * np.sign(d)
+    return Q
 
 
 def principal_angles(A: np.ndarray, B: np.ndarray) -> np.ndarray:

@@ -17,13 +17,25 @@ Conventions:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["jacobians"]
+__all__ = ["jacobians", "padded_chunks"]
+
+
+def padded_chunks(n_points: int, size: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    """``(start, stop, idx)`` over ``[0, n_points)`` in chunks of ``size`` points.
+
+    ``idx: [size]`` indexes the chunk's points, the last chunk padded with copies of its
+    last point: every chunk has one shape, so a jitted function over it compiles once
+    (keep the first ``stop − start`` results).
+    """
+    for start in range(0, n_points, size):
+        idx = np.arange(start, start + size).clip(max=n_points - 1)
+        yield start, min(start + size, n_points), idx
 
 
 def _as_float(x: np.ndarray | jax.Array) -> jax.Array:
@@ -77,9 +89,7 @@ def jacobians(
     jac = jax.jit(jax.vmap(jax.jacfwd(F, argnums=(0, 1)), in_axes=(0, u_axis)))
     size = min(chunk_size, n_points)
     J_h = J_u = None
-    for start in range(0, n_points, size):
-        stop = min(start + size, n_points)
-        idx = np.arange(start, start + size).clip(max=n_points - 1)  # pad with last point
+    for start, stop, idx in padded_chunks(n_points, size):
         hc = h[idx]
         uc = u if u_axis is None else u[idx]
         jh, ju = jac(hc, uc)

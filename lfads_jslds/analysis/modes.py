@@ -76,7 +76,13 @@ import jax.numpy as jnp
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from lfads_jslds.analysis.eigen import EIG_SORT, _sort_index, discrete_to_continuous
+from lfads_jslds.analysis.eigen import (
+    EIG_SORT,
+    _sort_index,
+    discrete_to_continuous,
+    rotation_planes,
+)
+from lfads_jslds.analysis.jacobians import padded_chunks
 
 __all__ = [
     "JacobianModes",
@@ -120,7 +126,7 @@ class JacobianModes:
     - ``plane: [trial, n, 2]``: orthonormal basis of ``span{Re v, Im v}`` of the
       dominant pair at ``plane_time``, the time bin where the dominant pair's ``share``
       is largest (ties: earliest); column 0 along ``Re v`` (as
-      ``analysis.eigen.rotation_plane``). Only the subspace is meaningful: the basis
+      ``analysis.eigen.rotation_planes``). Only the subspace is meaningful: the basis
       within it follows the eigenvector's phase, which LAPACK fixes by making the
       largest component real, so a near-tie between components can rotate or flip it;
       compare planes with principal angles or projectors ``Q Qᵀ``. Zeros where
@@ -243,20 +249,6 @@ def _modes_block(jh: np.ndarray, ju: np.ndarray, d: np.ndarray, imag_tol: float,
     }
 
 
-def _planes(v: np.ndarray, rtol: float = 1e-8) -> tuple[np.ndarray, np.ndarray]:
-    """Orthonormal ``[b, n, 2]`` bases of ``span{Re v, Im v}`` for ``v: [b, n]``, and validity.
-
-    Vectorised ``analysis.eigen.rotation_plane`` (QR, column 0 along ``Re v``); invalid
-    (zeros) where ``Re v`` and ``Im v`` are (near) parallel.
-    """
-    X = np.stack([v.real, v.imag], axis=-1)
-    Q, R = np.linalg.qr(X)
-    d0, d1, r01 = np.abs(R[:, 0, 0]), np.abs(R[:, 1, 1]), np.abs(R[:, 0, 1])
-    valid = (d0 > 0) & (d1 > rtol * np.maximum(d0, r01))
-    sign = np.where(np.stack([R[:, 0, 0], R[:, 1, 1]], -1) < 0, -1.0, 1.0)
-    return np.where(valid[:, None, None], Q * sign[:, None, :], 0.0), valid
-
-
 def jacobian_modes(
     cell: Cell,
     cell_params: Any,
@@ -331,19 +323,17 @@ def jacobian_modes(
         if not np.issubdtype(flat_pts.dtype, np.floating):
             flat_pts = flat_pts.astype(float)
         u0 = jnp.zeros(u_dim, jnp.asarray(flat_pts[:1]).dtype)  # the dtype JAX computes in
-        size = min(chunk, n_points)
+        chunks = list(padded_chunks(n_points, min(chunk, n_points)))
 
-        def dispatch(start: int):
-            idx = np.arange(start, start + size).clip(max=n_points - 1)  # pad with last point
-            return jac(cell_params, jnp.asarray(flat_pts[idx]), u0)
+        def dispatch(i: int):
+            return jac(cell_params, jnp.asarray(flat_pts[chunks[i][2]]), u0)
 
         pending = dispatch(0)
         with threadpool_limits(limits=1), ThreadPoolExecutor(workers) as pool:
-            for start in range(0, n_points, size):
-                stop = min(start + size, n_points)
+            for i, (start, stop, _) in enumerate(chunks):
                 jh, ju = (np.asarray(x, np.float64)[: stop - start] for x in pending)
-                if stop < n_points:
-                    pending = dispatch(stop)  # runs asynchronously while LAPACK works
+                if i + 1 < len(chunks):
+                    pending = dispatch(i + 1)  # runs asynchronously while LAPACK works
                 d = flat_sts[start:stop].astype(np.float64) - flat_pts[start:stop]
                 splits = np.array_split(np.arange(stop - start), min(workers, stop - start))
                 blocks = [(jh[s], ju[s], d[s]) for s in splits]
@@ -398,7 +388,7 @@ def _update_planes(start, n_time, res, best_share, plane, plane_time, plane_vali
     cand = cand[key[cand] > best_share[trial[cand]]]
     if not cand.size:
         return
-    q, valid = _planes(res["v"][cand])
+    q, valid = rotation_planes(res["v"][cand])
     tr = trial[cand]
     best_share[tr] = key[cand]
     plane[tr] = q
@@ -696,10 +686,7 @@ def fixed_point_residual(
         return jax.vmap(lambda hh: jnp.linalg.norm(cell(p, hh, u0) - hh))(h)
 
     out = None
-    size = max(1, min(chunk, flat.shape[0]))
-    for start in range(0, flat.shape[0], size):
-        stop = min(start + size, flat.shape[0])
-        idx = np.arange(start, start + size).clip(max=flat.shape[0] - 1)
+    for start, stop, idx in padded_chunks(flat.shape[0], max(1, min(chunk, flat.shape[0]))):
         r = np.asarray(res(params, jnp.asarray(flat[idx])))[: stop - start]
         if out is None:
             out = np.empty(flat.shape[0], r.dtype)
