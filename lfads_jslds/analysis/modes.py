@@ -88,6 +88,7 @@ __all__ = [
     "JacobianModes",
     "RULES",
     "TrialModeSummary",
+    "check_rule",
     "jacobian_modes",
     "trial_summaries",
     "plane_angle_summary",
@@ -166,6 +167,12 @@ RULES = {
     "motion": "rotating pair with the largest 2|λ_k − 1||w_k·d|‖v_k‖, d = state − e*",
     "deviation": "rotating pair with the largest 2|w_k·d|‖v_k‖, d = state − e*",
 }
+
+
+def check_rule(rule: str) -> None:
+    """Raise ``ValueError`` naming the choices unless ``rule`` is one of ``RULES``."""
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {sorted(RULES)}, got {rule!r}")
 
 
 # Per-point scalar fields filled chunk by chunk: name -> dtype.
@@ -295,8 +302,7 @@ def jacobian_modes(
         )
     if not dt > 0:
         raise ValueError(f"dt must be > 0 seconds, got {dt}")
-    if rule not in RULES:
-        raise ValueError(f"rule must be one of {sorted(RULES)}, got {rule!r}")
+    check_rule(rule)
     if chunk < 1 or u_dim < 0:
         raise ValueError(f"need chunk >= 1 and u_dim >= 0, got {chunk}, {u_dim}")
     if not (np.isfinite(points).all() and np.isfinite(states).all()):

@@ -80,8 +80,7 @@ def analyze_run(run: Path, rule: str = "motion") -> dict[str, Any]:
 
     ``rule``: how the dominant rotating pair of a bin is chosen (``modes.RULES``).
     """
-    if rule not in modes.RULES:
-        raise ValueError(f"rule must be one of {sorted(modes.RULES)}, got {rule!r}")
+    modes.check_rule(rule)  # before any long work
     run = Path(run)
     out = run / ANALYSIS
     if (out / "summary.json").exists():
