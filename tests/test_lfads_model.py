@@ -58,18 +58,30 @@ def test_gaussian_kl_matches_monte_carlo_free_closed_form():
     np.testing.assert_allclose(lfads.gaussian_kl(mean, var, prior_mean, prior_var), ref, rtol=1e-12)
 
 
-def test_ar1_log_prob_is_the_gaussian_with_ar1_covariance():
-    """Joint density of a stationary AR(1): covariance σ² α^|i−j| (Toeplitz)."""
-    t, tau, var = 6, 4.0, 0.3
-    u = jax.random.normal(jax.random.PRNGKey(2), (t, 2), jnp.float64)
+def test_ar1_log_prob_fixes_the_innovation_variance_as_lfads_does():
+    """LFADS' prior: u_t = α u_{t-1} + ε_t, ε_t ~ N(0, 0.1), u_1 ~ N(0, 0.1/(1 − α²)),
+    α = exp(−1/τ); the density written out step by step with scipy.stats.norm."""
+    tau, noise_var = 4.0, 0.1
+    u = np.asarray(jax.random.normal(jax.random.PRNGKey(2), (5, 2), jnp.float64))
     alpha = np.exp(-1.0 / tau)
-    cov = var * alpha ** np.abs(np.subtract.outer(np.arange(t), np.arange(t)))
-    ref = sum(
-        scipy.stats.multivariate_normal(np.zeros(t), cov).logpdf(np.asarray(u[:, d]))
-        for d in range(2)
-    )
-    got = lfads.ar1_log_prob(u, jnp.full(2, np.log(tau)), jnp.full(2, np.log(var)))
-    np.testing.assert_allclose(got, ref, rtol=1e-10)
+    ref = 0.0
+    for d in range(2):
+        ref += scipy.stats.norm(0.0, np.sqrt(noise_var / (1 - alpha**2))).logpdf(u[0, d])
+        for t in range(1, 5):
+            ref += scipy.stats.norm(alpha * u[t - 1, d], np.sqrt(noise_var)).logpdf(u[t, d])
+    got = lfads.ar1_log_prob(jnp.asarray(u), jnp.full(2, np.log(tau)), noise_var)
+    np.testing.assert_allclose(got, ref, rtol=1e-12)
+    # the stationary covariance is σ²/(1 − α²) · α^|i−j| (Toeplitz): the same density
+    t = np.arange(5)
+    cov = noise_var / (1 - alpha**2) * alpha ** np.abs(np.subtract.outer(t, t))
+    joint = sum(scipy.stats.multivariate_normal(np.zeros(5), cov).logpdf(u[:, d]) for d in range(2))
+    np.testing.assert_allclose(got, joint, rtol=1e-10)
+
+
+def test_only_the_ar1_time_constant_is_a_parameter():
+    p = lfads.init_params(jax.random.PRNGKey(0), TINY, 5, 8)
+    assert set(p["co_prior"]) == {"log_tau"}
+    np.testing.assert_allclose(np.exp(p["co_prior"]["log_tau"]), TINY.co_prior_tau, rtol=1e-6)
 
 
 def test_factor_rows_are_unit_length():

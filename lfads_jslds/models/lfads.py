@@ -7,8 +7,8 @@ One trial at a time (``vmap`` batches it), time-major inside:
   ``ic_post_var_min``); ``g0 = W z + b``. Prior ``N(μ_p, ic_prior_var)``, ``μ_p`` learned.
 - Controller (``co_dim > 0``): a bidirectional CI encoder whose forward states lag by
   ``ci_lag`` bins (and backward states lead by it), a controller GRU on ``[ci_t, f_{t-1}]``,
-  inferred inputs ``u_t ~ N(μ_t, σ²_t)`` with an AR(1) prior (learned τ in bins and
-  process variance).
+  inferred inputs ``u_t ~ N(μ_t, σ²_t)`` with LFADS' AR(1) prior (``ar1_log_prob``: τ in
+  bins learned, innovation variance fixed at ``co_prior_var``).
 - Generator: the LFADS GRU (clipped) ``g_t = F(g_{t-1}, u_t)``; with ``generator`` =
   ``jslds`` or ``slds`` a JSLDS state ``a_t`` runs beside it from the same ``g0``,
   ``e*_t = E(a_{t-1})``, ``u* = 0``, one jvp of F per step (``models.jslds.jslds_step``).
@@ -58,7 +58,7 @@ class LFADSConfig:
     ic_prior_var: float = 0.1
     ic_post_var_min: float = 1e-4
     co_prior_tau: float = 10.0  # bins, initial value of the learned AR(1) time constant
-    co_prior_var: float = 0.1  # initial process variance
+    co_prior_var: float = 0.1  # AR(1) innovation (process) variance, fixed (not learned)
 
 
 def _linear(key: jax.Array, n_out: int, n_in: int) -> Params:
@@ -106,10 +106,7 @@ def init_params(
         p["con"] = _gru(next(k), cfg.con_dim, 2 * cfg.ci_enc_dim + cfg.fac_dim)
         p["con_h0"] = jnp.zeros(cfg.con_dim)
         p["co"] = _linear(next(k), 2 * cfg.co_dim, cfg.con_dim)
-        p["co_prior"] = {
-            "log_tau": jnp.full(cfg.co_dim, math.log(cfg.co_prior_tau)),
-            "log_var": jnp.full(cfg.co_dim, math.log(cfg.co_prior_var)),
-        }
+        p["co_prior"] = {"log_tau": jnp.full(cfg.co_dim, math.log(cfg.co_prior_tau))}
     if cfg.generator != "gru":
         p["expansion"] = init_expansion(cfg.gen_dim, cfg.expansion_layers)
     # strong float32 leaves: a weak-typed leaf would make the first update recompile the step
@@ -166,15 +163,17 @@ def gaussian_log_prob(x: jax.Array, mean: jax.Array, var: jax.Array) -> jax.Arra
     return -0.5 * (jnp.log(2 * jnp.pi * var) + (x - mean) ** 2 / var)
 
 
-def ar1_log_prob(u: jax.Array, log_tau: jax.Array, log_var: jax.Array) -> jax.Array:
-    """``log p(u)`` of ``u: [time, dim]`` under a stationary AR(1) per dimension, summed.
+def ar1_log_prob(u: jax.Array, log_tau: jax.Array, noise_var: float) -> jax.Array:
+    """``log p(u)`` of ``u: [time, dim]`` under LFADS' AR(1) prior per dimension, summed.
 
-    ``u_1 ~ N(0, σ²)``, ``u_t | u_{t-1} ~ N(α u_{t-1}, σ²(1 − α²))``, ``α = exp(−1/τ)``
-    (τ in bins, σ² the process variance), as LFADS' autoregressive prior.
+    ``u_t = α u_{t-1} + ε_t``, ``ε_t ~ N(0, σ²)``, ``α = exp(−1/τ)`` (τ in bins, learned;
+    σ² = ``noise_var`` the innovation variance, fixed), started from the stationary
+    ``u_1 ~ N(0, σ²/(1 − α²))``, as lfads-torch's ``AutoregressiveMultivariateNormal`` and
+    TF LFADS define it (there too only τ is trained).
     """
-    alpha, var = jnp.exp(-1.0 / jnp.exp(log_tau)), jnp.exp(log_var)
-    first = gaussian_log_prob(u[0], 0.0, var)
-    rest = gaussian_log_prob(u[1:], alpha * u[:-1], var * (1.0 - alpha**2))
+    alpha = jnp.exp(-1.0 / jnp.exp(log_tau))
+    first = gaussian_log_prob(u[0], 0.0, noise_var / (1.0 - alpha**2))
+    rest = gaussian_log_prob(u[1:], alpha * u[:-1], noise_var)
     return jnp.sum(first) + jnp.sum(rest)
 
 
@@ -282,9 +281,7 @@ def forward_trial(
     )
     if co > 0:
         log_q = jnp.sum(gaussian_log_prob(u, mu, var))
-        kl_co = log_q - ar1_log_prob(
-            u, params["co_prior"]["log_tau"], params["co_prior"]["log_var"]
-        )
+        kl_co = log_q - ar1_log_prob(u, params["co_prior"]["log_tau"], cfg.co_prior_var)
     else:
         kl_co = jnp.zeros((), dt)
     readout = params["readout"]
