@@ -19,6 +19,7 @@ from lfads_jslds.analysis.modes import (
     distance_to_nearest,
     fixed_point_residual,
     jacobian_modes,
+    previous_states,
     summarize_modes,
     trial_summaries,
 )
@@ -48,6 +49,15 @@ def _affine_params(block: np.ndarray, seed: int = 0, m: int = 2):
         "e": jnp.asarray(rng.normal(size=n)),
     }
     return params, S
+
+
+def _trajectory(prev: np.ndarray) -> dict:
+    """``jacobian_modes``'s ``states`` (a_1..a_T) and ``initial`` (a_0) for given a_{t−1}.
+
+    ``prev: [trial, time, n]`` are the states the local systems act on; the last state
+    ``a_T`` is never used (here: a copy of ``a_{T−1}``).
+    """
+    return {"states": np.concatenate([prev[:, 1:], prev[:, -1:]], 1), "initial": prev[:, 0]}
 
 
 def _no_nan(modes) -> None:
@@ -109,7 +119,7 @@ def test_motion_rule_names_the_moving_pair_where_a_slow_pair_holds_the_offset():
     lam1 = 0.995 * np.exp(2j * np.pi * 0.3 * DT)
     assert (amp[1] > amp[0]).all()  # the slow pair holds more of d …
     assert (amp[1] * abs(lam1 - 1) < amp[0] * abs(lam0 - 1)).all()  # … and moves it less
-    by = {r: jacobian_modes(_affine_cell, params, points, 2, DT, states=states, rule=r)
+    by = {r: jacobian_modes(_affine_cell, params, points, 2, DT, **_trajectory(states), rule=r)
           for r in ("motion", "deviation")}  # fmt: skip
     np.testing.assert_allclose(by["motion"].freq_hz, F0, rtol=1e-9)
     np.testing.assert_allclose(by["motion"].tau_s, TAU0, rtol=1e-9)
@@ -117,13 +127,87 @@ def test_motion_rule_names_the_moving_pair_where_a_slow_pair_holds_the_offset():
     for r, m in by.items():
         assert summarize_modes(m)["conventions"]["dominant_rule"] == r
     with pytest.raises(ValueError, match="rule must be one of"):
-        jacobian_modes(_affine_cell, params, points, 2, DT, states=states, rule="largest")
+        jacobian_modes(_affine_cell, params, points, 2, DT, **_trajectory(states), rule="largest")
+
+
+def _input_driven_trajectory():
+    """A JSLDS-like trajectory whose inputs kick a pair that carries nothing of the state.
+
+    ``a_t = e*_t + A (a_{t−1} − e*_t) + B u_t`` with ``e*_t = E(a_{t−1})``: the planted
+    2 Hz pair (τ 0.4 s) carries the state; a fast 7 Hz pair (|λ| 0.6) is what the inputs
+    drive (``B`` lies in its plane, ``|u_t| = 3``), and ``E`` follows the state within that
+    plane (as a trained expansion network follows input-driven directions), so the pair
+    holds nothing of ``a_{t−1} − e*_t`` but each fresh kick ``B u_t`` of ``a_t − e*_t``.
+    Returns params, S, ``a: [trial, 1 + time, n]`` (``a_0`` first) and ``e*: [trial, time, n]``.
+    """
+    block = np.zeros((6, 6))
+    block[:2, :2] = _rot(np.exp(-DT / TAU0), 2 * np.pi * F0 * DT)
+    block[2:4, 2:4] = _rot(0.6, 2 * np.pi * 7.0 * DT)
+    block[4, 4], block[5, 5] = 0.9, 0.5
+    params, S = _affine_params(block, seed=6)
+    params["B"] = jnp.asarray(S[:, 2:4])  # u moves the 7 Hz pair's block coordinates by u
+    A, e0 = np.asarray(params["A"]), np.asarray(params["e"])
+    follow = S[:, 2:4] @ np.linalg.inv(S)[2:4]  # oblique projector on the kicked plane
+    n_trial, n_time = 2, 12
+    phase = 1.3 * np.arange(n_time) + np.arange(n_trial)[:, None]
+    u = 3.0 * np.stack([np.cos(phase), np.sin(phase)], -1)  # [trial, time, 2]
+    a = np.zeros((n_trial, n_time + 1, 6))
+    a[:, 0] = (
+        e0 + np.array([[1.0, 0.0, 0.5, -0.5, 0.3, 0.2], [0.0, -1.0, 0.2, 0.1, -0.3, 0.4]]) @ S.T
+    )
+    e_star = np.zeros((n_trial, n_time, 6))
+    for t in range(n_time):
+        e_star[:, t] = e0 + (a[:, t] - e0) @ follow.T
+        a[:, t + 1] = e_star[:, t] + (a[:, t] - e_star[:, t]) @ A.T + u[:, t] @ S[:, 2:4].T
+    return params, S, a, e_star
+
+
+@pytest.mark.parametrize("rule", ["motion", "deviation"])
+def test_the_deviation_j_h_acts_on_names_the_pair_carrying_the_state(rule):
+    params, S, a, e_star = _input_driven_trajectory()
+    lam = {0: np.exp(-DT / TAU0 + 2j * np.pi * F0 * DT), 1: 0.6 * np.exp(2j * np.pi * 7.0 * DT)}
+    scale = {k: abs(v - 1) if rule == "motion" else 1.0 for k, v in lam.items()}
+    inv = np.linalg.inv(S)
+    # By hand, in block coordinates: a_t − e*_t (the old choice) is dominated by the kicked
+    # 7 Hz pair at every bin, a_{t−1} − e*_t holds none of it.
+    amp_old = _block_amplitudes(S, (a[:, 1:] - e_star) @ inv.T)
+    assert (amp_old[1] * scale[1] > amp_old[0] * scale[0]).all()
+    d = a[:, :-1] - e_star
+    coords = d @ inv.T
+    np.testing.assert_allclose(coords[..., 2:4], 0.0, atol=1e-12)
+    amp = _block_amplitudes(S, coords)
+    weight = [x * (abs(v - 1) if rule == "motion" else 1.0)
+              for x, v in zip(amp, [lam[0], lam[1], 0.9, 0.5], strict=True)]  # fmt: skip
+
+    modes = jacobian_modes(
+        _affine_cell, params, e_star, 2, DT, states=a[:, 1:], initial=a[:, 0], rule=rule
+    )
+    np.testing.assert_allclose(modes.freq_hz, F0, rtol=1e-9)
+    np.testing.assert_allclose(modes.tau_s, TAU0, rtol=1e-9)
+    np.testing.assert_allclose(modes.amplitude, amp[0], rtol=1e-9)
+    np.testing.assert_allclose(modes.share, weight[0] / sum(weight), rtol=1e-9)
+    np.testing.assert_allclose(modes.deviation_norm, np.linalg.norm(d, axis=-1), rtol=1e-12)
+    # Decomposing a_t − e*_t instead (what analyze did before) names the kicked pair.
+    old = jacobian_modes(_affine_cell, params, e_star, 2, DT, **_trajectory(a[:, 1:]), rule=rule)
+    np.testing.assert_allclose(old.freq_hz, 7.0, rtol=1e-9)
+
+
+def test_previous_states_puts_the_initial_state_first():
+    a = np.arange(2 * 3 * 2, dtype=float).reshape(2, 3, 2)  # a_1..a_3 of 2 trials
+    a0 = -np.ones((2, 2))
+    prev = previous_states(a, a0)
+    np.testing.assert_array_equal(prev[:, 0], a0)
+    np.testing.assert_array_equal(prev[:, 1:], a[:, :2])
+    with pytest.raises(ValueError, match="initial"):
+        previous_states(a, a0[:1])
 
 
 @pytest.mark.parametrize("rule", ["motion", "deviation"])
 def test_planted_rotation_recovered_over_slower_and_real_modes(rule):
     params, S, coords, points, states = _planted()
-    modes = jacobian_modes(_affine_cell, params, points, 2, DT, states=states, chunk=7, rule=rule)
+    modes = jacobian_modes(
+        _affine_cell, params, points, 2, DT, **_trajectory(states), chunk=7, rule=rule
+    )
     assert modes.rule == rule
     assert modes.sort == EIG_SORT and modes.eigenvalues.dtype == np.complex64
     assert modes.eigenvalues.shape == (3, 12, 8)
@@ -216,7 +300,7 @@ def test_jacobians_match_finite_differences_and_feed_the_modes():
     # The modes are those of these matrices: eigenvalues (as multisets), dominant pair,
     # share and input gain recomputed from eigen.eig_modes.
     d = 0.3 * rng.normal(size=(4, n))
-    modes = jacobian_modes(cell, params, h[None], m, DT, states=(h + d)[None], chunk=3)
+    modes = jacobian_modes(cell, params, h[None], m, DT, **_trajectory((h + d)[None]), chunk=3)
     for p in range(4):
         ref = np.linalg.eigvals(J_h[p])
         got = modes.eigenvalues[0, p]
@@ -248,7 +332,7 @@ def _run(block, states_equal=False, m=2):
     rng = np.random.default_rng(4)
     points = rng.normal(size=(2, 5, block.shape[0]))
     states = points if states_equal else points + rng.normal(size=points.shape)
-    modes = jacobian_modes(_affine_cell, params, points, m, DT, states=states, chunk=4)
+    modes = jacobian_modes(_affine_cell, params, points, m, DT, **_trajectory(states), chunk=4)
     _no_nan(modes)
     summary = summarize_modes(modes, np.array([0, 1]))
     json.dumps(summary, allow_nan=False)  # JSON-safe: no NaN, no inf
@@ -319,8 +403,10 @@ def test_chunked_equals_unchunked():
     rng = np.random.default_rng(6)
     points = 0.5 * rng.normal(size=(50, 40, n))
     states = points + 0.2 * rng.normal(size=points.shape)
-    small = jacobian_modes(cell, params, points, m, DT, states=states, chunk=37, workers=3)
-    whole = jacobian_modes(cell, params, points, m, DT, states=states, chunk=10**6, workers=1)
+    small = jacobian_modes(cell, params, points, m, DT, **_trajectory(states), chunk=37, workers=3)
+    whole = jacobian_modes(
+        cell, params, points, m, DT, **_trajectory(states), chunk=10**6, workers=1
+    )
     assert small.has_rotation.any() and small.plane_valid.any()
     for f in fields(small):
         a, b = getattr(small, f.name), getattr(whole, f.name)
@@ -370,7 +456,7 @@ def test_summaries_per_condition_and_plane_angles():
     )
     dx = dx[..., 0] + 0.01 * rng.normal(size=(8, n_time, n))
     states = points + np.concatenate([dx, np.zeros((8, n_time, 1))], -1)
-    modes = jacobian_modes(_context_cell, params, points, 1, DT, states=states, chunk=16)
+    modes = jacobian_modes(_context_cell, params, points, 1, DT, **_trajectory(states), chunk=16)
     for weighted in (False, True):
         s = summarize_modes(modes, condition, weighted=weighted)
         json.dumps(s, allow_nan=False)
@@ -397,7 +483,7 @@ def test_summaries_per_condition_and_plane_angles():
 
 def test_trial_summary_medians_weighted_and_unweighted():
     params, _, _, points, states = _planted()
-    modes = jacobian_modes(_affine_cell, params, points, 2, DT, states=states)
+    modes = jacobian_modes(_affine_cell, params, points, 2, DT, **_trajectory(states))
     trial1 = (modes.freq_hz[1], modes.share[1])
     ts = trial_summaries(modes, weighted=True)
     # Lower weighted median of trial 1's bin frequencies, weights = shares.
@@ -465,7 +551,7 @@ def test_autonomous_float32_cell_without_inputs():
     rng = np.random.default_rng(11)
     points = (0.5 * rng.normal(size=(3, 4, 8))).astype(np.float32)
     states = points + np.float32(0.1)
-    modes = jacobian_modes(cell, params, points, 0, DT, states=states, chunk=5)
+    modes = jacobian_modes(cell, params, points, 0, DT, **_trajectory(states), chunk=5)
     assert modes.eigenvalues.dtype == np.complex64 and modes.eigenvalues.shape == (3, 4, 8)
     assert (modes.input_gain == 0).all()
     _no_nan(modes)
@@ -480,8 +566,10 @@ def test_imag_tol_separates_round_off_splits_from_rotations():
     rng = np.random.default_rng(13)
     points = rng.normal(size=(1, 3, 4))
     states = points + rng.normal(size=points.shape)
-    default = jacobian_modes(_affine_cell, params, points, 2, DT, states=states)
+    default = jacobian_modes(_affine_cell, params, points, 2, DT, **_trajectory(states))
     assert not default.has_rotation.any() and (default.freq_hz == 0).all()
-    loose = jacobian_modes(_affine_cell, params, points, 2, DT, states=states, imag_tol=1e-6)
+    loose = jacobian_modes(
+        _affine_cell, params, points, 2, DT, **_trajectory(states), imag_tol=1e-6
+    )
     assert loose.has_rotation.all()
     np.testing.assert_allclose(loose.freq_hz, 1e-5 / (2 * np.pi * DT), rtol=1e-6)

@@ -1,7 +1,8 @@
 """Per-trial Jacobian modes of a JSLDS generator: which rotation carries each trial.
 
 Why: a trained JSLDS generator is, at every (trial, time), the linear system
-``a_t − e*_t = J_h (a_{t−1} − e*_t) + J_u u_t`` around its expansion point ``e*_t``.
+``a_t = e*_t + J_h (a_{t−1} − e*_t) + J_u u_t`` around its expansion point
+``e*_t = E(a_{t−1})``.
 Its eigenvalues say how each local mode rotates and decays, but the slowest mode is
 not the one the trajectory uses: the question here is *which* complex-conjugate pair
 moves the trajectory around ``e*``, at what frequency and time constant,
@@ -15,7 +16,12 @@ Dominant rotational mode of a point (``jacobian_modes``), with ``J_h = V Λ V^{-
 (right eigenvectors ``v_k`` the columns of ``V``, left eigenvectors ``w_k`` the rows of
 ``W = V^{-1}``, see ``analysis.eigen``):
 
-- ``d = state − e*`` is written in mode coordinates ``c_k = w_k · d`` (exactly,
+- The deviation decomposed is the one ``J_h`` acts on, ``d_t = a_{t−1} − e*_t`` (with
+  ``a_0`` the initial state for the first bin), not the result ``a_t − e*_t = J_h d_t +
+  J_u u_t``: that one also holds the input injected at bin ``t``, which would count in
+  every mode it touches, so a pair that the inputs kick but that carries nothing of the
+  state would be named dominant.
+- ``d`` is written in mode coordinates ``c_k = w_k · d`` (exactly,
   ``d = Σ_k c_k v_k``, also for a non-orthogonal ``V``). Mode ``k``'s amplitude is
   ``|c_k| · ‖v_k‖``: the norm of its component ``c_k v_k`` in state space. ``|c_k|``
   alone is not a measure: rescaling ``v_k → s v_k`` rescales ``w_k → w_k / s`` and hence
@@ -28,15 +34,17 @@ Dominant rotational mode of a point (``jacobian_modes``), with ``J_h = V Λ V^{-
   swings between ``2|c_k|·σ_min`` and ``2|c_k|·σ_max`` of ``[Re v_k, Im v_k]`` over a
   cycle, while ``2|c_k|‖v_k‖`` is √2 times its RMS over phase.
 - The dominant pair is the rotating pair that carries the most of the trajectory's
-  **motion** (``rule="motion"``, the default): without input the local system moves the
-  state by ``(J_h − I) d = Σ_k (λ_k − 1) c_k v_k`` per step, so mode ``k`` carries
-  ``|λ_k − 1| |c_k| ‖v_k‖`` of it. ``rule="deviation"`` weighs the amplitude alone
-  (``|c_k|‖v_k‖``: the pair holding most of ``d``). Why motion: a trained generator
-  parks much of ``d`` in slow modes (``λ ≈ 1``, often with a slight rotation) that hold a
-  condition's offset, e.g. through a preparatory period, but barely move it; the rotation
-  the trajectory *follows* is the one that moves it. On the synthetic demo (planted
-  2.0 Hz), the deviation rule names slow pairs in most bins (median ≈ 0.5 Hz), the
-  motion rule the learned ≈ 2.2 Hz pair (jPCA of the same run: ≈ 1.9 Hz).
+  **motion** (``rule="motion"``, the default): the local system moves the state by
+  ``a_t − a_{t−1} = (J_h − I) d_t + J_u u_t``; of its own part ``(J_h − I) d_t =
+  Σ_k (λ_k − 1) c_k v_k`` mode ``k`` carries ``|λ_k − 1| |c_k| ‖v_k‖``.
+  ``rule="deviation"`` weighs the amplitude alone (``|c_k|‖v_k‖``: the pair holding
+  most of ``d``). Why motion: a trained generator parks much of ``d`` in slow modes
+  (``λ ≈ 1``, often with a slight rotation) that hold a condition's offset, e.g. through
+  a preparatory period, but barely move it; the rotation the trajectory *follows* is the
+  one that moves it. On the synthetic demo (planted
+  2.0 Hz; measured when ``d`` was still ``a_t − e*_t`` and jPCA used the whole window),
+  the deviation rule named slow pairs in most bins (median ≈ 0.5 Hz), the motion rule
+  the learned ≈ 2.2 Hz pair (jPCA of the same run: ≈ 1.9 Hz).
 - ``share`` = the dominant pair's weight / the sum of all ``n`` modes' weights under the
   rule (so the shares of all modes sum to 1): a share of modal motion (or amplitude),
   not of ``‖(J_h − I) d‖`` or ``‖d‖``: for non-normal ``J_h`` modes can cancel.
@@ -47,10 +55,9 @@ Dominant rotational mode of a point (``jacobian_modes``), with ``J_h = V Λ V^{-
 - A point with no rotating pair has ``has_rotation = False`` and every dominant-mode
   field reads as ``λ = 0``: frequency, τ, half-life, ``|λ|``, share, amplitude and input
   gain are 0, ``stable`` is True, ``dominant_index`` is −1. Nothing is ever NaN.
-- ``d`` is ``states − points`` as given. With ``states = jslds_states`` (``a_t``) and
-  ``points = expansion_points`` (``e*_t = E(a_{t−1})``) it is the deviation the local
-  linear system at ``e*_t`` produced at step ``t``; pass ``a_{t−1}`` instead for the
-  deviation it was applied to.
+- ``inference.h5`` stores ``a_1..a_T`` (``jslds_states``, or ``gen_states`` for the
+  RNN path) and ``a_0`` (``g0``, where both paths start): :func:`jacobian_modes` takes
+  both and forms ``a_{t−1}`` with :func:`previous_states`.
 
 Conventions: ``dt`` (Δt) in seconds, frequencies in Hz (``|angle λ| / (2π Δt)``, at most
 Nyquist ``1/(2Δt)``), time constants ``τ = −Δt / ln|λ|`` and half-lives ``τ ln 2`` in
@@ -89,6 +96,7 @@ __all__ = [
     "RULES",
     "TrialModeSummary",
     "check_rule",
+    "previous_states",
     "jacobian_modes",
     "trial_summaries",
     "plane_angle_summary",
@@ -120,7 +128,7 @@ class JacobianModes:
       (state units), whatever the rule.
     - ``input_gain``: ``2‖w_k J_u‖‖v_k‖``, the largest pair amplitude a unit-norm input
       ``u`` injects in one step (0 when ``u_dim = 0``).
-    - ``deviation_norm``: ``‖d‖``.
+    - ``deviation_norm``: ``‖d‖``, ``d = a_{t−1} − e*_t``.
 
     Per trial (the plane is kept once per trial so memory stays bounded):
 
@@ -164,8 +172,8 @@ class JacobianModes:
 #: Dominant-pair rules (module docstring): the pair carrying the most modal motion
 #: ``|λ_k − 1||c_k|‖v_k‖`` (default) or the most modal amplitude ``|c_k|‖v_k‖`` of ``d``.
 RULES = {
-    "motion": "rotating pair with the largest 2|λ_k − 1||w_k·d|‖v_k‖, d = state − e*",
-    "deviation": "rotating pair with the largest 2|w_k·d|‖v_k‖, d = state − e*",
+    "motion": "rotating pair with the largest 2|λ_k − 1||w_k·d|‖v_k‖, d = a_{t−1} − e*_t",
+    "deviation": "rotating pair with the largest 2|w_k·d|‖v_k‖, d = a_{t−1} − e*_t",
 }
 
 
@@ -256,6 +264,22 @@ def _modes_block(jh: np.ndarray, ju: np.ndarray, d: np.ndarray, imag_tol: float,
     }
 
 
+def previous_states(states: np.ndarray, initial: np.ndarray) -> np.ndarray:
+    """``a_{t−1}`` of every bin, ``[trial, time, n]``, from ``a_1..a_T`` and ``a_0``.
+
+    Why: the local system of bin ``t`` acts on ``a_{t−1}``, while ``inference.h5`` stores
+    the states after each step (``states: [trial, time, n]``) and the initial state
+    (``initial: [trial, n]``, ``g0``) apart.
+    """
+    states, initial = np.asarray(states), np.asarray(initial)
+    if states.ndim != 3 or initial.shape != (states.shape[0], states.shape[2]):
+        raise ValueError(
+            f"states must be [trial, time, n] and initial [trial, n], got {states.shape}, "
+            f"{initial.shape}"
+        )
+    return np.concatenate([initial[:, None], states[:, :-1]], axis=1)
+
+
 def jacobian_modes(
     cell: Cell,
     cell_params: Any,
@@ -264,6 +288,7 @@ def jacobian_modes(
     dt: float,
     *,
     states: np.ndarray,
+    initial: np.ndarray,
     chunk: int = 256,
     imag_tol: float = 1e-3,
     rule: str = "motion",
@@ -273,8 +298,10 @@ def jacobian_modes(
 
     ``cell(params, h: [n], u: [u_dim]) -> [n]`` one sample (e.g.
     ``functools.partial(lfads_gru, clip=cfg.cell_clip)`` with ``params["gen"]``);
-    ``points: [trial, time, n]`` expansion points ``e*``; ``states: [trial, time, n]``
-    the states whose deviation ``d = states − points`` is decomposed (``jslds_states``);
+    ``points: [trial, time, n]`` expansion points ``e*_t``; ``states: [trial, time, n]``
+    the trajectory ``a_1..a_T`` (``jslds_states``) and ``initial: [trial, n]`` its start
+    ``a_0`` (``g0``): the deviation decomposed at bin ``t`` is ``d_t = a_{t−1} − e*_t``
+    (module docstring), so ``a_T`` itself is never used;
     ``u_dim``: the cell's input size (``cfg.co_dim``, may be 0), linearised at
     ``u* = 0``; ``dt``: bin width in seconds. ``imag_tol``: a pair rotates iff
     ``Im λ > imag_tol · |λ|``; the default 1e-3 sits above the ~√ε ≈ 3e-4 splitting
@@ -295,18 +322,18 @@ def jacobian_modes(
     ``workers``. Returns :class:`JacobianModes`.
     """
     points = np.asarray(points)
-    states = np.asarray(states)
-    if points.ndim != 3 or states.shape != points.shape:
+    prev = previous_states(states, initial)  # a_{t−1}
+    if prev.shape != points.shape:
         raise ValueError(
-            f"points and states must both be [trial, time, n], got {points.shape}, {states.shape}"
+            f"points and states must both be [trial, time, n], got {points.shape}, {prev.shape}"
         )
     if not dt > 0:
         raise ValueError(f"dt must be > 0 seconds, got {dt}")
     check_rule(rule)
     if chunk < 1 or u_dim < 0:
         raise ValueError(f"need chunk >= 1 and u_dim >= 0, got {chunk}, {u_dim}")
-    if not (np.isfinite(points).all() and np.isfinite(states).all()):
-        raise ValueError("points and states must be finite")
+    if not (np.isfinite(points).all() and np.isfinite(prev).all()):
+        raise ValueError("points, states and initial must be finite")
     n_trial, n_time, n = points.shape
     n_points = n_trial * n_time
     if workers is None:
@@ -316,7 +343,7 @@ def jacobian_modes(
         raise ValueError(f"workers must be >= 1, got {workers}")
 
     flat_pts = points.reshape(n_points, n)
-    flat_sts = states.reshape(n_points, n)
+    flat_prev = prev.reshape(n_points, n)
     eigenvalues = np.zeros((n_points, n), np.complex64)
     out = {name: np.zeros(n_points, dt_) for name, dt_ in _POINT_FIELDS.items()}
     best_share = np.full(n_trial, -1.0)
@@ -340,7 +367,7 @@ def jacobian_modes(
                 jh, ju = (np.asarray(x, np.float64)[: stop - start] for x in pending)
                 if i + 1 < len(chunks):
                     pending = dispatch(i + 1)  # runs asynchronously while LAPACK works
-                d = flat_sts[start:stop].astype(np.float64) - flat_pts[start:stop]
+                d = flat_prev[start:stop].astype(np.float64) - flat_pts[start:stop]
                 splits = np.array_split(np.arange(stop - start), min(workers, stop - start))
                 blocks = [(jh[s], ju[s], d[s]) for s in splits]
                 parts = list(pool.map(lambda b: _modes_block(*b, imag_tol, rule), blocks))
