@@ -9,15 +9,17 @@ Reads ``inference.h5`` (DESIGN §7) and the run's weights; writes ``analysis/``:
   frequency and R², and the full mode summary (``modes``: per condition, plane angles,
   per trial; conventions in ``modes.conventions``).
 - ``modes.h5``: per trial and bin the dominant rotational mode (frequency, τ, |λ|,
-  share; chosen by ``dominant_rule``, see ``analysis.modes``), the eigenvalues of J_h,
-  and per trial the dominant plane.
+  share; chosen by ``dominant_rule`` from the deviation ``a_{t-1} − e*_t`` that J_h acts
+  on, see ``analysis.modes``), the eigenvalues of J_h, and per trial the dominant plane.
 - ``figures/*.png``: eigenvalue spectra, mode histograms, rosettes in the top rotational
   plane and in jPCA's plane, expansion points in PCA space, one trial's raster vs rates.
 
 Expansion points: a ``jslds`` / ``slds`` run names them itself (``e*_t = E(a_{t-1})``).
 A ``gru`` run has no expansion network: the analysis falls back to the classical route,
 numerical fixed points of the generator from sampled states, and linearises each bin
-around the fixed point nearest its state (``expansion_points_source`` says which).
+around the fixed point nearest the state it starts from, ``g_{t-1}``
+(``expansion_points_source`` says which). Either way the deviation decomposed into modes
+is the one ``J_h`` acts on, ``a_{t-1} − e*_t`` (``a_0 = g0``; see ``analysis.modes``).
 """
 
 from __future__ import annotations
@@ -111,9 +113,13 @@ def analyze_run(run: Path, rule: str = "motion") -> dict[str, Any]:
             )
         source = "nearest numerical fixed point (gru generator: no expansion network)"
         states = inf["gen_states"]
-        _, nearest = modes.distance_to_nearest(states, fps.points, return_index=True)
+        # bin t is linearised around the fixed point nearest g_{t-1}, the state it maps
+        prev = modes.previous_states(states, inf["g0"])
+        _, nearest = modes.distance_to_nearest(prev, fps.points, return_index=True)
         points = fps.points[nearest]  # chunked search: memory bounded for any run size
-    m = modes.jacobian_modes(cell_fn, gen, points, u_dim, dt, states=states, rule=rule)
+    m = modes.jacobian_modes(
+        cell_fn, gen, points, u_dim, dt, states=states, initial=inf["g0"], rule=rule
+    )  # decomposes d_t = a_{t-1} - e*_t, the deviation J_h acts on
     mode_summary = modes.summarize_modes(m, condition)
     residual = (
         inf["fixed_point_residual"]  # written by `infer` along the same expansion points
