@@ -337,9 +337,10 @@ def run_all(
 
 
 def format_run_metrics(m: dict[str, Any]) -> str:
-    """A short table: the model, its JSLDS path, the smoothing baseline and the truth."""
+    """A short table: the model (its generating path), its other path (JSLDS or RNN), the
+    smoothing baseline and the truth."""
     cols = [("model", m)]
-    cols += [("jslds path", m["jslds_path"])] if "jslds_path" in m else []
+    cols += [(k.replace("_", " "), m[k]) for k in ("jslds_path", "rnn_path") if k in m]
     cols += [("smoothing", m["smoothing_baseline"])]
     cols += [("truth", m["truth"])] if "truth" in m else []
     keys = ["co-bps", "fp-bps", "vel R2", "psth R2"]

@@ -2,9 +2,11 @@
 held-out targets, so only what they allow is scored), with references.
 
 Keys (DESIGN §7): ``co-bps``, ``fp-bps``, ``vel R2``, ``psth R2`` (NLB's spellings) of the
-generator's rates, ``split`` ("val" or "test"), ``skipped`` (metrics whose inputs are absent);
-``smoothing_baseline``: the same metrics for NLB's spike-smoothing baseline;
-``jslds_path``: the same for the JSLDS path's rates (JSLDS generators); ``jslds``:
+generating path's rates (``inference.h5``'s ``rates``: the JSLDS a path for ``slds``, the
+RNN g path otherwise), ``split`` ("val" or "test"), ``skipped`` (metrics whose inputs are
+absent); ``smoothing_baseline``: the same metrics for NLB's spike-smoothing baseline;
+the same for the other path's rates under ``jslds_path`` (``jslds``: the JSLDS path) or
+``rnn_path`` (``slds``: the RNN path), with its ``rates_r2_vs_truth``; ``jslds``:
 ``mean_relative_error`` (‖a − g‖/‖g‖ over eval trials and bins) and
 ``fixed_point_residual_median`` (‖F(e*, 0) − e*‖). Where the data carry ground truth
 (synthetic sessions): ``rates_r2_vs_truth`` (R² of the inferred rates against the true
@@ -22,8 +24,9 @@ from typing import Any
 import numpy as np
 
 from lfads_jslds import metrics
-from lfads_jslds.inference import load_inference, submission_from_inference
+from lfads_jslds.inference import load_inference, rate_keys, submission_from_inference
 from lfads_jslds.io import atomic
+from lfads_jslds.models import lfads
 from lfads_jslds.training import lfads_trainer
 from lfads_jslds.training.task_trainer import RunFolderError
 
@@ -83,10 +86,16 @@ def evaluate_run(run: Path) -> dict[str, Any]:
         alpha=cfg.evaluate.smooth_alpha,
     )
     result["smoothing_baseline"] = _nlb(base, tensors)
-    if "rates_jslds" in inf:
-        path_a = {k.replace("_jslds", ""): v for k, v in inf.items()}
-        result["jslds_path"] = _nlb(submission_from_inference(path_a), tensors)
-        val = inf["split"] != "train"
+    mode = lfads.GENERATORS[cfg.model.generator]
+    val = inf["split"] != "train"
+    others = {}  # "<name>_path" → the other path's rates, under the generating path's keys
+    for key, path in rate_keys(mode).items():
+        if path != mode.path:
+            fwd = {"rates_forward": inf[f"{key}_forward"]} if f"{key}_forward" in inf else {}
+            others[f"{lfads.PATHS[path].name}_path"] = {"rates": inf[key], **fwd}
+    for label, rates in others.items():
+        result[label] = _nlb(submission_from_inference({**inf, **rates}), tensors)
+    if mode.has_jslds:
         g, a = inf["gen_states"][val], inf["jslds_states"][val]
         rel = np.linalg.norm(a - g, axis=-1) / np.linalg.norm(g, axis=-1)
         result["jslds"] = {
@@ -95,12 +104,9 @@ def evaluate_run(run: Path) -> dict[str, Any]:
         }
     truth = _truth_rates(source, inf, attrs) if source is not None and source.exists() else None
     if truth is not None:
-        val = inf["split"] != "train"
         result["rates_r2_vs_truth"] = pooled_r2(inf["rates"][val], truth["rates"][val])
-        if "rates_jslds" in inf:
-            result["jslds_path"]["rates_r2_vs_truth"] = pooled_r2(
-                inf["rates_jslds"][val], truth["rates"][val]
-            )
+        for label, rates in others.items():
+            result[label]["rates_r2_vs_truth"] = pooled_r2(rates["rates"][val], truth["rates"][val])
         result["truth"] = _nlb(submission_from_inference({**inf, **truth}), tensors)
     atomic.write_text(run / METRICS, json.dumps(result, indent=2))
     return result

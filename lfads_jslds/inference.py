@@ -16,8 +16,13 @@ one batch × one sample, whatever the number of trials.
 "val" or "test" after the tensor file's phase); over the observed window: ``factors``,
 ``gen_states``, ``jslds_states``,
 ``expansion_points``, ``fixed_point_residual`` (‖F(e*, 0) − e*‖, [trial, T_obs]),
-``inferred_inputs``; for JSLDS generators also ``rates_jslds`` / ``rates_jslds_forward``.
-Attributes: ``bin_ms``, ``align_field``, ``window_ms``, ``generator``, ``samples``.
+``inferred_inputs``. ``rates``, ``rates_forward`` and ``factors`` are the generating
+path's (``models.lfads.GENERATORS``: the JSLDS a path for ``slds``, the RNN g path
+otherwise; attribute ``generating_path``, "rnn" or "jslds"); JSLDS generators also keep
+the other path's rates as ``rates_<name>`` / ``rates_<name>_forward`` (``rates_jslds``
+for ``jslds``, ``rates_rnn`` for ``slds``). Both state sequences keep their own keys.
+Attributes: ``bin_ms``, ``align_field``, ``window_ms``, ``generator``,
+``generating_path``, ``samples``.
 """
 
 from __future__ import annotations
@@ -48,39 +53,51 @@ from lfads_jslds.training.task_trainer import RunFolderError
 INFERENCE, SUBMISSION, RATES_NWB = "inference.h5", "submission.h5", "rates.nwb"
 
 
+def rate_keys(mode: lfads.GeneratorMode) -> dict[str, lfads.PathName]:
+    """``inference.h5`` rate keys and the path each holds: ``rates`` the generating path's,
+    ``rates_<name>`` the other path's (``rates_jslds``, ``rates_rnn``)."""
+    keys: dict[str, lfads.PathName] = {"rates": mode.path}
+    if mode.secondary is not None:
+        keys[f"rates_{lfads.PATHS[mode.secondary].name}"] = mode.secondary
+    return keys
+
+
 def make_batch_fn(cfg: RunConfig, n_fwd: int) -> Any:
     """Jitted ``(params, x [batch, T_obs, n_in], key) -> dict`` of one batch's outputs."""
     model, samples = cfg.model, cfg.infer.samples
-    jslds = model.generator != "gru"
+    mode = lfads.GENERATORS[model.generator]
+    keys = rate_keys(mode)
+
+    def path_rates(out: lfads.TrialOutput) -> dict[str, jax.Array]:
+        return {k: jnp.exp(lfads.path_output(out, path).log_rates) for k, path in keys.items()}
 
     @jax.jit
     def batch_fn(params: Any, x: jax.Array, key: jax.Array) -> dict[str, jax.Array]:
         mean = lfads.forward(params, model, x, n_fwd, key, train=False, sample=False)
         if cfg.infer.posterior_mean:
-            rates, rates_a = jnp.exp(mean.log_rates), jnp.exp(mean.log_rates_a)
+            rates = path_rates(mean)
         else:
 
-            def body(acc: tuple, k: jax.Array) -> tuple[tuple, None]:
+            def body(acc: dict, k: jax.Array) -> tuple[dict, None]:
                 out = lfads.forward(params, model, x, n_fwd, k, train=False, sample=True)
-                return (acc[0] + jnp.exp(out.log_rates), acc[1] + jnp.exp(out.log_rates_a)), None
+                return jax.tree.map(jnp.add, acc, path_rates(out)), None
 
-            zeros = (jnp.zeros_like(mean.log_rates), jnp.zeros_like(mean.log_rates_a))
+            zeros = jax.tree.map(jnp.zeros_like, path_rates(mean))
             acc, _ = jax.lax.scan(body, zeros, jax.random.split(key, samples))
-            rates, rates_a = acc[0] / samples, acc[1] / samples
+            rates = jax.tree.map(lambda r: r / samples, acc)
         t_obs = x.shape[1]
         out = {
-            "rates": rates,
-            "factors": mean.factors[:, :t_obs],
+            **rates,
+            "factors": lfads.generating_path(mean, model).factors[:, :t_obs],
             "gen_states": mean.gen_states[:, :t_obs],
             "inferred_inputs": mean.co_mean[:, :t_obs],
             "g0": mean.g0,
         }
-        if jslds:
+        if mode.has_jslds:
             cell = lambda h: lfads_gru(params["gen"], h, jnp.zeros(model.co_dim), model.cell_clip)  # noqa: E731
             e_star = mean.expansion_points[:, :t_obs]
             f_star = jax.vmap(jax.vmap(cell))(e_star)
             out.update(
-                rates_jslds=rates_a,
                 jslds_states=mean.jslds_states[:, :t_obs],
                 expansion_points=e_star,
                 fixed_point_residual=jnp.linalg.norm(f_star - e_star, axis=-1),
@@ -171,11 +188,11 @@ def infer_run(run: Path, progress: bool = True, write_nwb: bool = True) -> dict[
         "unit_ids": unit_ids,
         "heldout": heldout,
     }
-    for key in ("rates", "rates_jslds"):
-        if key in out:
-            result[key] = out[key][:, :t_obs][:, :, order].astype(np.float32)
-            if data.n_fwd:
-                result[f"{key}_forward"] = out[key][:, t_obs:][:, :, order].astype(np.float32)
+    mode = lfads.GENERATORS[cfg.model.generator]
+    for key in rate_keys(mode):
+        result[key] = out[key][:, :t_obs][:, :, order].astype(np.float32)
+        if data.n_fwd:
+            result[f"{key}_forward"] = out[key][:, t_obs:][:, :, order].astype(np.float32)
     for key in (
         "factors",
         "gen_states",
@@ -192,6 +209,7 @@ def infer_run(run: Path, progress: bool = True, write_nwb: bool = True) -> dict[
         "align_field": str(data.attrs.get("align_field", "move_onset_time")),
         "window_ms": np.asarray(data.attrs.get("window_ms", [-250, 450])),
         "generator": cfg.model.generator,
+        "generating_path": lfads.PATHS[mode.path].name,
         "samples": 0 if cfg.infer.posterior_mean else cfg.infer.samples,
         "rates_unit": "spikes per bin",
     }
@@ -223,7 +241,8 @@ def _rates_into_nwb(run: Path, source: Path, result: dict[str, Any], attrs: dict
         int(attrs["bin_ms"]),
         np.array([align[i] for i in result["trial_ids"].tolist()]),
         tuple(int(v) for v in attrs["window_ms"]),
-        f"LFADS-JSLDS ({attrs['generator']} generator) inferred rates, mean of "
+        f"LFADS-JSLDS ({attrs['generator']} generator, {attrs['generating_path']} path) "
+        "inferred rates, mean of "
         f"{attrs['samples']} posterior samples (0: posterior means)",
         extra={"factors": result["factors"]},
     )

@@ -1,6 +1,7 @@
 """LFADS-JSLDS math against references: likelihoods, KLs, the AR(1) prior, the JSLDS path."""
 
 import dataclasses
+import typing
 
 import jax
 import jax.numpy as jnp
@@ -9,9 +10,11 @@ import pytest
 import scipy.stats
 from flax import nnx
 
+from lfads_jslds.inference import infer_trials
 from lfads_jslds.models import lfads
 from lfads_jslds.models.cells import lfads_gru
 from lfads_jslds.training.lfads_trainer import coordinated_dropout
+from lfads_jslds.training.run_config import InferConfig, RunConfig
 
 TINY = lfads.LFADSConfig(
     ic_enc_dim=6, ci_enc_dim=4, con_dim=5, co_dim=2, ic_dim=4, gen_dim=7, fac_dim=3, dropout=0.0
@@ -199,3 +202,33 @@ def test_fused_encoders_equal_separate_gru_loops():
         for t in reversed(range(6)):
             h_b = lfads_gru(enc["bwd"], h_b, xs[t], clip=5.0)
             np.testing.assert_allclose(bwd[t], h_b, atol=1e-12)
+
+
+def test_every_generator_value_has_a_mode():
+    assert set(lfads.GENERATORS) == set(typing.get_args(lfads.Generator))
+    assert lfads.GENERATORS["slds"].path == "a" and lfads.GENERATORS["slds"].secondary == "g"
+    assert lfads.GENERATORS["jslds"].path == "g" and lfads.GENERATORS["gru"].secondary is None
+
+
+@pytest.mark.parametrize("generator", ["jslds", "slds"])
+def test_inference_reports_the_generating_path(generator):
+    """slds: the a path generates the data, so ``rates`` and ``factors`` are the a path's
+    (computed here directly from ``forward``); the g path's rates are kept as ``rates_rnn``."""
+    model = dataclasses.replace(TINY, generator=generator)
+    p = _params(model)
+    x = _counts((3, 6, 5))
+    cfg = RunConfig(model=model, infer=InferConfig(posterior_mean=True, batch_size=2))
+    got = infer_trials(p, cfg, np.asarray(x), 2, progress=False)
+    ref = lfads.forward(p, model, x, 2, jax.random.PRNGKey(0), train=False, sample=False)
+    rates_g, rates_a = np.exp(ref.log_rates), np.exp(ref.log_rates_a)
+    assert np.abs(rates_g - rates_a).max() > 1e-2  # the two paths differ: the test can tell
+    if generator == "slds":
+        gen, other, other_key = rates_a, rates_g, "rates_rnn"
+    else:
+        gen, other, other_key = rates_g, rates_a, "rates_jslds"
+    np.testing.assert_allclose(got["rates"], gen, rtol=1e-10)
+    np.testing.assert_allclose(got[other_key], other, rtol=1e-10)
+    factors = ref.factors_a if generator == "slds" else ref.factors
+    np.testing.assert_allclose(got["factors"], factors[:, :6], atol=1e-12)
+    np.testing.assert_allclose(got["gen_states"], ref.gen_states[:, :6], atol=1e-12)
+    np.testing.assert_allclose(got["jslds_states"], ref.jslds_states[:, :6], atol=1e-12)

@@ -36,6 +36,7 @@ from lfads_jslds.analysis.fixed_points import find_fixed_points
 from lfads_jslds.inference import load_inference
 from lfads_jslds.io import atomic
 from lfads_jslds.io.h5 import save_h5_dict
+from lfads_jslds.models import lfads
 from lfads_jslds.models.cells import lfads_gru
 from lfads_jslds.training import lfads_trainer
 from lfads_jslds.training.task_trainer import RunFolderError
@@ -101,8 +102,10 @@ def analyze_run(run: Path, rule: str = "motion") -> dict[str, Any]:
     n_trials = inf["rates"].shape[0]
     condition = _conditions(data.tensors, n_trials)
 
-    fps = numerical_fixed_points(cell, inf["gen_states"], u_dim)
-    if "expansion_points" in inf:
+    mode = lfads.GENERATORS[cfg.model.generator]
+    # the finder starts from the generating path's states (a for slds, g otherwise)
+    fps = numerical_fixed_points(cell, inf[lfads.PATHS[mode.path].states], u_dim)
+    if mode.has_jslds:
         source = "expansion network E (JSLDS)"
         points, states = inf["expansion_points"], inf["jslds_states"]
     else:

@@ -16,6 +16,10 @@ One trial at a time (``vmap`` batches it), time-major inside:
   paths share the dropout mask, factors and readout. Log-rates ``W_r f + b_r`` over all
   neurons (held-in then held-out), for the observed and the forward bins; rates are in
   spikes per bin.
+- Which path generates the data is one property of the mode (``GENERATORS``): the g path
+  for ``gru`` and ``jslds``, the a path for ``slds`` (λ_RNN = 0). The generating path's
+  factors feed the controller, and its rates and states are what training validates,
+  inference reports and the analysis reads (``generating_path``).
 
 Loss conventions (``loss_terms``): every term is summed over time and units within a trial
 and averaged over trials (the ELBO per trial), so λ weights compare like with like.
@@ -37,6 +41,46 @@ from lfads_jslds.models.jslds import jslds_step
 
 Params = dict[str, Any]
 Generator = Literal["gru", "jslds", "slds"]
+PathName = Literal["g", "a"]
+
+
+@dataclass(frozen=True)
+class PathFields:
+    """Where a path's outputs sit in ``TrialOutput`` (``states`` is also the
+    ``inference.h5`` key), and the name that labels its secondary outputs."""
+
+    name: str  # "rnn" or "jslds": ``rates_<name>``, ``<name>_path`` in metrics.json
+    log_rates: str
+    factors: str
+    states: str
+
+
+PATHS: dict[PathName, PathFields] = {
+    "g": PathFields("rnn", "log_rates", "factors", "gen_states"),
+    "a": PathFields("jslds", "log_rates_a", "factors_a", "jslds_states"),
+}
+
+
+@dataclass(frozen=True)
+class GeneratorMode:
+    """What a ``generator`` value runs, and which of its paths generates the data."""
+
+    has_jslds: bool  # a JSLDS state a_t (expansion network, λ_JSLDS, λ_e, λ_a) beside g_t
+    path: PathName  # the generating path; the g path's NLL is trained only when it is "g"
+
+    @property
+    def secondary(self) -> PathName | None:
+        """The other path (reported beside the generating one), None without a JSLDS."""
+        if not self.has_jslds:
+            return None
+        return "a" if self.path == "g" else "g"
+
+
+GENERATORS: dict[str, GeneratorMode] = {
+    "gru": GeneratorMode(has_jslds=False, path="g"),
+    "jslds": GeneratorMode(has_jslds=True, path="g"),
+    "slds": GeneratorMode(has_jslds=True, path="a"),  # the JSLDS path alone generates
+}
 
 
 @dataclass(frozen=True)
@@ -107,7 +151,7 @@ def init_params(
         p["con_h0"] = jnp.zeros(cfg.con_dim)
         p["co"] = _linear(next(k), 2 * cfg.co_dim, cfg.con_dim)
         p["co_prior"] = {"log_tau": jnp.full(cfg.co_dim, math.log(cfg.co_prior_tau))}
-    if cfg.generator != "gru":
+    if GENERATORS[cfg.generator].has_jslds:
         p["expansion"] = init_expansion(cfg.gen_dim, cfg.expansion_layers)
     # strong float32 leaves: a weak-typed leaf would make the first update recompile the step
     return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), p)
@@ -234,7 +278,8 @@ def forward_trial(
     g0 = params["ic_to_g0"]["W"] @ z + params["ic_to_g0"]["b"]
     w_fac = normalised_rows(params["factors"])
 
-    co, use_jslds = cfg.co_dim, cfg.generator != "gru"
+    co, mode = cfg.co_dim, GENERATORS[cfg.generator]
+    use_jslds = mode.has_jslds
     if co > 0:
         ((cf, cb),) = ci_seqs
         lag = cfg.ci_lag
@@ -270,7 +315,7 @@ def forward_trial(
             a_new = e_star = f_star = jnp.zeros(0, dt)
         f_g = w_fac @ (g_new * gk)
         f_a = w_fac @ (a_new * gk) if use_jslds else jnp.zeros(0, dt)
-        primary = f_a if cfg.generator == "slds" else f_g
+        primary = f_a if mode.path == "a" else f_g  # the controller reads what generates
         return (g_new, a_new, con_h, primary), (g_new, a_new, e_star, f_star, u, mu, var, f_g, f_a)
 
     con_h0 = params["con_h0"] if co > 0 else jnp.zeros(0, dt)
@@ -290,6 +335,24 @@ def forward_trial(
     return TrialOutput(
         log_rates, log_rates_a, f_g, f_a, g, a, e_star, f_star, u, mu, g0, kl_ic, kl_co
     )
+
+
+class PathOutput(NamedTuple):
+    """One path's outputs, shapes as in ``TrialOutput``."""
+
+    log_rates: jax.Array  # [..., T, neuron]
+    factors: jax.Array  # [..., T, fac]
+    states: jax.Array  # [..., T, gen]
+
+
+def path_output(out: TrialOutput, path: PathName) -> PathOutput:
+    f = PATHS[path]
+    return PathOutput(getattr(out, f.log_rates), getattr(out, f.factors), getattr(out, f.states))
+
+
+def generating_path(out: TrialOutput, cfg: LFADSConfig) -> PathOutput:
+    """The log-rates, factors and states of the path that generates the data."""
+    return path_output(out, GENERATORS[cfg.generator].path)
 
 
 def forward(
@@ -373,7 +436,7 @@ def loss_terms(
 
     ``target: [trial, T, neuron]`` counts (NaN = unobserved); ``grad_mask`` broadcasts to it.
     """
-    jslds = cfg.generator != "gru"
+    jslds = GENERATORS[cfg.generator].has_jslds
     zero = jnp.zeros(())
     l2 = l2_penalty(params)
     return {
@@ -401,7 +464,8 @@ def total_loss(
     l2_ramp: jax.Array,
 ) -> jax.Array:
     """``λ_RNN NLL(g) + λ_JSLDS NLL(a) + kl·(KL_ic + KL_co) + l2·L2 + λ_e R_e + λ_a R_a``."""
-    lam_rnn = 0.0 if cfg.generator == "slds" else w.rnn
+    mode = GENERATORS[cfg.generator]
+    lam_rnn = w.rnn if mode.path == "g" else 0.0
     total = lam_rnn * terms["nll"]
     total += kl_ramp * (w.kl_ic * terms["kl_ic"] + w.kl_co * terms["kl_co"])
     total += l2_ramp * (
@@ -409,7 +473,7 @@ def total_loss(
         + w.l2_con * terms["l2_con"]
         + w.l2_expansion * terms["l2_expansion"]
     )
-    if cfg.generator != "gru":
+    if mode.has_jslds:
         total += w.jslds * terms["nll_jslds"] + w.fixed_point * terms["fixed_point"]
         total += w.approx * terms["approx"]
     return total
