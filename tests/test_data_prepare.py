@@ -11,10 +11,11 @@ import warnings
 import h5py
 import numpy as np
 import pytest
+from scipy import signal
 
 from lfads_jslds.data import prepare as prep
 from lfads_jslds.data import synth
-from lfads_jslds.data.nwb import DataError, read_session
+from lfads_jslds.data.nwb import Behavior, DataError, read_session
 
 
 @pytest.fixture(scope="module")
@@ -108,20 +109,84 @@ def test_splits_and_trial_ids(small, t5):
     np.testing.assert_array_equal(t5["eval_trial_ids"], trials["id"][trials["split"] == "val"])
 
 
-def test_behavior_is_the_lagged_bin_mean_of_hand_vel(small, t5):
+def _with_behavior(session, values, path=None):
+    """``session`` with ``values`` [sample, channel] as a 1 kHz hand_vel from t = 0 s."""
+    series = Behavior("hand_vel", values, "mm/s", None, 1000.0, 0.0)
+    return dataclasses.replace(session, behavior={"hand_vel": series}, path=path or session.path)
+
+
+def test_behavior_is_resampled_as_nlb_tools_does(small):
+    """A 0.5 Hz sinusoid plus a 40 Hz one (above the 25 Hz Nyquist frequency of 20 ms bins),
+    sampled at 1 kHz: NLB's anti-alias filter (scipy's decimate, written out as its FIR
+    filter) read at each bin's start, i.e. the slow wave alone."""
     session = small[0]
-    vel = session.behavior["hand_vel"]
-    for i in (0, 40):
-        tid = t5["train_trial_ids"][i]
-        onset = int(round(session.trials["move_onset_time"][tid] * 1000))
-        for b in (0, 50, 139):
-            first = onset - 250 + 120 + 5 * b  # sample index = ms on a 1 kHz series from 0
-            np.testing.assert_allclose(
-                t5["train_behavior"][i, b],
-                vel.data[first : first + 5].mean(0),
-                rtol=1e-5,
-                atol=1e-6,
-            )
+    t = np.arange(session.behavior["hand_vel"].data.shape[0]) / 1000.0
+    slow = np.sin(2 * np.pi * 0.5 * t)
+    x = np.stack([slow + 0.5 * np.sin(2 * np.pi * 40 * t), np.cos(2 * np.pi * 0.5 * t)], 1)
+    taps = signal.firwin(501, 1 / 20, window="hamming")
+    filtered = signal.convolve(x, taps[:, None], mode="same")
+    # nlb_tools: signal.decimate(x, 20, n=500, ftype="fir"), i.e. every 20th filtered sample
+    decimated = signal.decimate(x, 20, n=500, ftype="fir", axis=0)
+    np.testing.assert_allclose(decimated, filtered[::20], atol=1e-12)
+    t20 = prep.prepare(_with_behavior(session, x), bin_ms=20, lag_ms=120)
+    for i in (0, 30, 74):
+        onset = int(round(session.trials["move_onset_time"][t20["train_trial_ids"][i]] * 1000))
+        starts = onset - 250 + 120 + 20 * np.arange(35)  # ms = sample index
+        np.testing.assert_allclose(t20["train_behavior"][i], filtered[starts], atol=2e-6)
+        np.testing.assert_allclose(t20["train_behavior"][i, :, 0], slow[starts], atol=0.01)
+
+
+@pytest.mark.parametrize(
+    ("name", "dataset", "lag_ms"),
+    [
+        ("small.nwb", None, 100),  # not an NLB file: the generic row
+        ("sub-Jenkins_ses-full_desc-train_behavior+ecephys.nwb", None, 100),
+        ("sub-Jenkins_ses-large_desc-train_behavior+ecephys.nwb", None, 120),
+        ("sub-Jenkins_ses-medium_desc-train_behavior+ecephys.nwb", None, 120),
+        ("sub-Jenkins_ses-small_desc-train_behavior+ecephys.nwb", None, 120),
+        ("small.nwb", "mc_maze_medium", 120),  # named explicitly
+    ],
+)
+def test_behaviour_lag_follows_the_dataset(small, tmp_path, name, dataset, lag_ms):
+    """hand_vel(t) = t (s): a linear ramp passes the symmetric, unit-gain filter unchanged,
+    so bin 0 reads the time of its start, onset - 250 ms + lag."""
+    session = small[0]
+    ramp = np.repeat(np.arange(session.behavior["hand_vel"].data.shape[0])[:, None] / 1e3, 2, 1)
+    t = prep.prepare(_with_behavior(session, ramp, tmp_path / name), bin_ms=20, dataset=dataset)
+    onset = session.trials["move_onset_time"][t["train_trial_ids"]]
+    lag = 1000 * (t["train_behavior"][:, 0, 0] - onset + 0.25)
+    np.testing.assert_allclose(lag, lag_ms, atol=0.6)  # half a sample + float32 rounding
+    assert prep.conventions(tmp_path / name, dataset)["lag_ms"] == lag_ms
+
+
+@pytest.mark.parametrize(
+    ("path", "name", "kern"),
+    [
+        ("data/000128/sub-Jenkins/sub-Jenkins_ses-full_desc-test_ecephys.nwb", "mc_maze", 70),
+        ("sub-Jenkins_ses-large_desc-train_behavior+ecephys.nwb", "mc_maze_large", 50),
+        ("000139/sub-Jenkins/x.nwb", "mc_maze_medium", 50),  # DANDI's download layout
+        ("runs/MC-Maze-Small_20.h5", "mc_maze_small", 50),
+        ("mc_maze_20.h5", "mc_maze", 70),
+        ("runs/synthetic_small.nwb", "generic", 50),
+        (None, "generic", 50),
+    ],
+)
+def test_conventions_are_recognised_from_the_file_name(path, name, kern):
+    used = prep.conventions(path)
+    assert (used["dataset"], used["psth_kern_sd_ms"]) == (name, kern)
+
+
+def test_unknown_dataset_name_lists_the_known_ones():
+    with pytest.raises(ValueError, match="'mc_maze_tiny' is not an NLB dataset; those are mc_maze"):
+        prep.conventions("x.nwb", "mc_maze_tiny")
+
+
+def test_behaviour_sampled_off_the_bin_grid_is_refused_before_binning(small, monkeypatch):
+    monkeypatch.setattr(prep, "bin_counts", lambda *a, **k: pytest.fail("binning started"))
+    series = Behavior("hand_vel", np.zeros((1000, 2)), "mm/s", None, 333.0, 0.0)
+    session = dataclasses.replace(small[0], behavior={"hand_vel": series})
+    with pytest.raises(DataError, match="small.nwb: behaviour series 'hand_vel' is sampled every"):
+        prep.prepare(session, bin_ms=20)
 
 
 def test_conditions_and_cond_idx(small, t5):
@@ -136,22 +201,30 @@ def test_conditions_and_cond_idx(small, t5):
         np.testing.assert_array_equal(t5["conditions"][ids], pairs)
 
 
-def test_psth_is_the_smoothed_condition_mean(small, t5):
-    """Per trial: 1 ms train (with a 90 ms margin), Gaussian σ = 30 ms, summed per bin."""
-    session = small[0]
-    kernel = np.exp(-0.5 * (np.arange(-90, 91) / 30.0) ** 2)
+@pytest.mark.parametrize(
+    ("name", "sd_ms"),
+    [("small.nwb", 50), ("sub-Jenkins_ses-full_desc-train_behavior+ecephys.nwb", 70)],
+)
+def test_psth_is_the_smoothed_condition_mean(small, tmp_path, name, sd_ms):
+    """Per trial: a 1 ms train smoothed with NLB's kernel (``gaussian(int(6 sd), sd)``,
+    scipy's 'same' convolution; s.d. 70 ms for MC_Maze, 50 ms otherwise), summed per bin."""
+    session = dataclasses.replace(small[0], path=tmp_path / name)
+    t = prep.prepare(session, bin_ms=20, lag_ms=120)
+    width = int(6 * sd_ms)
+    kernel = np.exp(-0.5 * ((np.arange(width) - (width - 1) / 2) / sd_ms) ** 2)
     kernel /= kernel.sum()
     heldin = np.flatnonzero(~session.units.heldout)
-    tids = np.concatenate([t5["train_trial_ids"], t5["eval_trial_ids"]])
-    cond = np.concatenate([t5["train_cond_id"], t5["eval_cond_id"]])
+    tids = np.concatenate([t["train_trial_ids"], t["eval_trial_ids"]])
+    cond = np.concatenate([t["train_cond_id"], t["eval_cond_id"]])
     for c in (0, 13):
         for j in (0, 60):
             u = heldin[j]
             traces = []
             for tid in tids[cond == c]:
-                train = _histogram_counts(session, tid, u, -340, 540, 1).astype(float)
-                traces.append(np.convolve(train, kernel, "valid").reshape(140, 5).sum(1))
-            np.testing.assert_allclose(t5["psth"][c, :, j], np.mean(traces, 0), atol=1e-5)
+                train = _histogram_counts(session, tid, u, -750, 950, 1).astype(float)
+                smooth = signal.convolve(train, kernel, mode="same")[500:1200]
+                traces.append(smooth.reshape(35, 20).sum(1))
+            np.testing.assert_allclose(t["psth"][c, :, j], np.mean(traces, 0), atol=1e-5)
 
 
 def test_test_phase_hides_what_nlb_hides(small):

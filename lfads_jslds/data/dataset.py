@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from lfads_jslds.data.nwb import DataError, open_hdf5, read_session
-from lfads_jslds.data.prepare import DEFAULT_LAG_MS, prepare, read_tensors, write_tensors
+from lfads_jslds.data.prepare import conventions, prepare, read_tensors, write_tensors
 
 NEEDED = ("train_spikes_heldin", "train_spikes_heldout", "eval_spikes_heldin")
 
@@ -72,7 +72,7 @@ def tensors_from_nwb(
         "align_field": "move_onset_time",
         "window_ms": [-250, 450],
         "forward_ms": 200,
-        "lag_ms": DEFAULT_LAG_MS if lag_ms is None else lag_ms,
+        **conventions(nwb, lag_ms=lag_ms),  # dataset, lag_ms, psth_kern_sd_ms
         "phase": phase,
         "source": str(Path(nwb).resolve()),
     }

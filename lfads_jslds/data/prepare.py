@@ -18,7 +18,11 @@ targets. ``"test"``: train tensors from train and val trials, eval tensors from
 are not observable there). Other splits (``"none"``) are ignored.
 
 Units: spikes per bin (float32; NaN where a unit's ``obs_intervals`` do not cover the window).
-Behaviour: the series' unit (hand_vel: mm/s), averaged over the samples in each bin.
+Behaviour: the series' unit (hand_vel: mm/s), resampled as nlb_tools does (anti-alias
+low-pass, then read at each bin's start; ``resample_behavior``), lagged by the dataset's lag.
+
+Per-dataset conventions (behaviour lag, PSTH kernel) come from ``data.nlb``'s table, the
+row picked by the ``dataset`` argument or else by the file's name (``conventions``).
 """
 
 from __future__ import annotations
@@ -29,15 +33,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.ndimage import convolve1d
+from scipy.signal import fftconvolve, firwin, oaconvolve
 
+from lfads_jslds.data import nlb
 from lfads_jslds.data.nwb import Behavior, DataError, Session, Units, open_hdf5
 from lfads_jslds.io.h5 import read_group, save_h5_dict
 
-#: Behaviour lag (ms) behind the neural window: NLB's MC_Maze value (Large/Medium/Small: 120).
-DEFAULT_LAG_MS = 100
-#: Gaussian kernel s.d. (ms) of the empirical PSTHs, as nlb_tools uses.
-PSTH_KERN_SD_MS = 30
+#: Taps of nlb_tools' anti-alias filter (``scipy.signal.decimate(..., n=500, ftype="fir")``).
+ANTIALIAS_TAPS = 501
 #: Trial columns that define a condition, as nlb_tools uses for MC_Maze.
 COND_FIELDS = ("trial_type", "trial_version")
 #: Bin edges sit this far (s) before the nominal edge: half a 1 ms spike-time tick.
@@ -61,24 +64,68 @@ def observed(intervals: np.ndarray | None, start_s: np.ndarray, stop_s: np.ndarr
     return (k >= 0) & (stop_s <= iv[np.maximum(k, 0), 1])
 
 
-def bin_means(series: Behavior, starts_s: np.ndarray, n_bins: int, bin_ms: int) -> np.ndarray:
-    """Mean [trial, bin, channel] of the finite samples in each bin (NaN where none).
+def conventions(
+    path: str | Path | None, dataset: str | None = None, lag_ms: int | None = None
+) -> dict[str, Any]:
+    """The per-dataset values ``prepare`` uses, as recorded with the tensors.
 
-    Running sums make every bin two lookups; edges sit half a sample early so a sample on a
-    bin edge belongs to the bin that starts there.
+    ``dataset``: a row of ``data.nlb`` by name (None: matched from ``path``, ``GENERIC``
+    when nothing matches); ``lag_ms`` overrides the row's lag. Returns ``dataset`` (the
+    row's name), ``lag_ms`` and ``psth_kern_sd_ms`` (the generic values where NLB defines
+    none for the row).
     """
+    row = nlb.identify(path) if dataset is None else nlb.facts(dataset)
+    if lag_ms is None:
+        lag_ms = row.lag_ms if row.lag_ms is not None else nlb.GENERIC.lag_ms
+    kern = row.psth_kern_sd_ms
+    kern = nlb.GENERIC.psth_kern_sd_ms if kern is None else kern
+    return {"dataset": row.name, "lag_ms": lag_ms, "psth_kern_sd_ms": float(kern)}
+
+
+def decimation_factor(series: Behavior, bin_ms: int, path: Path | None = None) -> int:
+    """Samples of ``series`` per bin; DataError unless the bin holds a whole number of them."""
+    step_ms = 1000.0 * series.sample_interval()
+    q = bin_ms / step_ms if step_ms > 0 else 0.0
+    if round(q) < 1 or abs(q - round(q)) > 1e-6 * q:
+        raise DataError(
+            f"{path}: behaviour series {series.name!r} is sampled every {step_ms:g} ms; the "
+            f"{bin_ms} ms bin must hold a whole number of samples"
+        )
+    return int(round(q))
+
+
+def resample_behavior(
+    series: Behavior, starts_s: np.ndarray, n_bins: int, bin_ms: int
+) -> np.ndarray:
+    """[trial, bin, channel] of ``series`` resampled as nlb_tools does, read at bin starts.
+
+    nlb_tools decimates the continuous series by q = bin / sample interval with
+    ``scipy.signal.decimate(x, q, n=500, ftype="fir")``: a 501-tap Hamming-window FIR
+    low-pass at the new Nyquist frequency (``firwin(501, 1 / q)``), applied centred (zero
+    phase; zeros past the series' ends), then every q-th sample kept. The same filter is
+    applied here and the filtered series read at the sample of each bin's start (on NLB's
+    bin grid, exactly decimate's samples). As there, NaN gaps are filled by linear
+    interpolation before filtering, and a bin whose start sample is NaN is NaN; so is one
+    that starts outside the series. No filter when a bin is one sample (q = 1).
+    """
+    q = decimation_factor(series, bin_ms)
+    data = np.asarray(series.data, dtype=np.float64)
+    finite = np.isfinite(data)
+    filled = data.copy()
+    at = np.arange(data.shape[0])
+    for c in range(data.shape[1]):
+        ok = finite[:, c]
+        if ok.any() and not ok.all():
+            filled[~ok, c] = np.interp(at[~ok], at[ok], data[ok, c])
+    if q > 1:
+        taps = firwin(ANTIALIAS_TAPS, 1.0 / q, window="hamming")
+        filled = oaconvolve(filled, taps[:, None], mode="same", axes=0)
     times = series.times()
-    edges = starts_s[:, None] + (bin_ms * np.arange(n_bins + 1))[None, :] / 1000.0
-    idx = np.searchsorted(times, edges.ravel() - series.sample_interval() / 2).reshape(edges.shape)
-    finite = np.isfinite(series.data)
-    total = np.zeros((times.size + 1, series.data.shape[1]))
-    np.cumsum(np.where(finite, series.data, 0.0), axis=0, out=total[1:])
-    count = np.zeros(total.shape, np.int64)
-    np.cumsum(finite, axis=0, out=count[1:])
-    s = total[idx[:, 1:]] - total[idx[:, :-1]]
-    n = count[idx[:, 1:]] - count[idx[:, :-1]]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n > 0, s / n, np.nan)
+    half = series.sample_interval() / 2
+    starts = starts_s[:, None] + (bin_ms * np.arange(n_bins))[None, :] / 1000.0
+    k = np.minimum(np.searchsorted(times, starts - half), times.size - 1)
+    inside = np.abs(times[k] - starts) <= half
+    return np.where(inside[..., None] & finite[k], filled[k], np.nan)
 
 
 def spike_tensor(
@@ -98,13 +145,6 @@ def spike_tensor(
     return out
 
 
-def gaussian_kernel(sd_ms: float) -> np.ndarray:
-    """Normalised Gaussian at 1 ms, ±3 s.d. (odd length, so it does not shift the signal)."""
-    half = int(np.ceil(3 * sd_ms))
-    k = np.exp(-0.5 * (np.arange(-half, half + 1) / sd_ms) ** 2)
-    return k / k.sum()
-
-
 def condition_psth(
     units: Units,
     order: np.ndarray,
@@ -113,20 +153,20 @@ def condition_psth(
     n_cond: int,
     window_ms: tuple[int, int],
     bin_ms: int,
-    kern_sd_ms: float = PSTH_KERN_SD_MS,
+    kern_sd_ms: float,
 ) -> np.ndarray:
     """Smoothed PSTHs [condition, bin, neuron] in spikes per bin, neurons in ``order``.
 
-    As nlb_tools makes them: each trial's 1 ms spike train is smoothed with a Gaussian
-    (s.d. ``kern_sd_ms``, using spikes up to 3 s.d. outside the window), summed into bins and
-    averaged over the condition's trials in which the unit was observed. Smoothing is
-    linear, so the 1 ms trains of a condition are summed first (per-spike ``bincount``)
-    and smoothed once.
+    As nlb_tools makes them: each trial's 1 ms spike train is smoothed with NLB's Gaussian
+    (``nlb.gaussian_window``, s.d. ``kern_sd_ms``, 'same' alignment: spikes up to 3 s.d.
+    outside the window count), summed into bins and averaged over the condition's trials in
+    which the unit was observed. Smoothing is linear, so the 1 ms trains of a condition are
+    summed first (per-spike ``bincount``) and smoothed once.
     """
     w0, w1 = window_ms
-    kernel = gaussian_kernel(kern_sd_ms)
-    margin = kernel.size // 2
-    length = w1 - w0 + 2 * margin  # 1 ms samples per trial
+    kernel = nlb.gaussian_window(kern_sd_ms)
+    margin = kernel.size // 2  # 'same' reaches this far back, (size - 1) // 2 ahead
+    length = w1 - w0 + kernel.size - 1  # 1 ms samples per trial
     psth = np.full((n_cond, (w1 - w0) // bin_ms, order.size), np.nan)
     for j, u in enumerate(order):
         spikes = units.spikes(u)
@@ -140,8 +180,9 @@ def condition_psth(
         t = np.clip(np.floor((spikes[idx] - start[trial]) * 1000.0).astype(np.int64), 0, length - 1)
         c = cond[ok]
         hist = np.bincount(c[trial] * length + t, minlength=n_cond * length)
-        smooth = convolve1d(hist.reshape(n_cond, length).astype(np.float64), kernel, axis=1)
-        binned = smooth[:, margin : margin + w1 - w0].reshape(n_cond, -1, bin_ms).sum(2)
+        trains = hist.reshape(n_cond, length).astype(np.float64)
+        smooth = fftconvolve(trains, kernel[None], mode="valid")  # [condition, w1 - w0]
+        binned = smooth.reshape(n_cond, -1, bin_ms).sum(2)
         trials = np.bincount(c, minlength=n_cond)
         with np.errstate(invalid="ignore", divide="ignore"):
             psth[:, :, j] = np.where(trials[:, None] > 0, binned / trials[:, None], np.nan)
@@ -222,6 +263,7 @@ def _condition_tensors(
     rows: dict[str, np.ndarray],
     window_ms: tuple[int, int],
     bin_ms: int,
+    kern_sd_ms: float,
 ) -> dict[str, np.ndarray]:
     """``conditions``, ``{train,eval}_cond_id``, ``{train,eval}_cond_idx`` and ``psth``."""
     trials = session.trials
@@ -245,7 +287,7 @@ def _condition_tensors(
         idx_lists[:] = [np.flatnonzero(ids == c) for c in range(len(conditions))]
         out[f"{part}_cond_idx"] = idx_lists
     psth = condition_psth(
-        session.units, order, align[both], cond, len(conditions), window_ms, bin_ms
+        session.units, order, align[both], cond, len(conditions), window_ms, bin_ms, kern_sd_ms
     )
     out["psth"] = psth.astype(np.float32)
     return out
@@ -259,6 +301,7 @@ def prepare(
     forward_ms: int = 200,
     lag_ms: int | None = None,
     *,
+    dataset: str | None = None,
     phase: str = "val",
     behavior_field: str = "hand_vel",
     heldout_fraction: float = 0.25,
@@ -266,19 +309,28 @@ def prepare(
 ) -> dict[str, np.ndarray]:
     """NLB tensors of ``session`` (see the module doc for splits, units and binning).
 
-    ``lag_ms``: behaviour lag (None: ``DEFAULT_LAG_MS``). Without a ``heldout`` column, a
+    ``dataset``: the ``data.nlb`` row whose conventions apply (None: matched from the
+    file's name; see ``conventions``, whose values the caller records with the tensors);
+    ``lag_ms``: behaviour lag (None: the row's). Without a ``heldout`` column, a
     ``heldout_fraction`` of the units is held out at random (``seed``), with a warning.
 
     Keys: ``{train,eval}_spikes_{heldin,heldout}[_forward]`` [trial, time, neuron];
     ``{train,eval}_behavior`` [trial, time, 2]; ``psth`` [condition, time, neuron] (held-in
-    then held-out neurons, train and eval trials); ``{train,eval}_cond_idx`` (nlb_tools'
-    form: per condition, the trial indices into the train / eval tensors);
+    then held-out neurons, train and eval trials, the row's PSTH kernel);
+    ``{train,eval}_cond_idx`` (nlb_tools' form: per condition, the trial indices into the
+    train / eval tensors);
     ``{train,eval}_cond_id`` [trial] (row of ``conditions`` [condition, 2], the
     (trial_type, trial_version) pairs); ``{train,eval}_trial_ids`` (ids of the NWB trials
-    table); ``heldin_unit_ids``, ``heldout_unit_ids`` (NWB unit ids, in tensor order).
+    table); ``heldin_unit_ids``, ``heldout_unit_ids`` (NWB unit ids, in tensor order: each
+    group in units-table row order); ``unit_ids`` (all of them in units-table row order,
+    the order ``inference.h5`` gives its rates).
     """
-    lag = DEFAULT_LAG_MS if lag_ms is None else lag_ms
+    used = conventions(session.path, dataset, lag_ms)
+    lag = used["lag_ms"]
     _check_params(bin_ms, window_ms, forward_ms, lag, phase)
+    behavior = session.behavior.get(behavior_field)
+    if behavior is not None:
+        decimation_factor(behavior, bin_ms, session.path)
     align, rows = _select_trials(session, align_field, phase)
     units, path = session.units, session.path
     heldout = _heldout_flags(units, heldout_fraction, seed)
@@ -297,6 +349,7 @@ def prepare(
         out[f"{part}_trial_ids"] = np.asarray(session.trials["id"])[idx]
     out["heldin_unit_ids"] = units.ids[groups["heldin"]]
     out["heldout_unit_ids"] = units.ids[groups["heldout"]]
+    out["unit_ids"] = units.ids
     n_unobserved = sum(int(np.isnan(v[:, 0]).sum()) for k, v in out.items() if "_spikes_" in k)
     if n_unobserved:
         warnings.warn(
@@ -305,7 +358,6 @@ def prepare(
             stacklevel=2,
         )
 
-    behavior = session.behavior.get(behavior_field)
     if behavior is None:
         warnings.warn(
             f"{path}: no behaviour series {behavior_field!r} (available: "
@@ -318,11 +370,12 @@ def prepare(
             if part == "eval" and phase == "test":
                 continue  # hidden in NLB, as the held-out spikes are
             starts = align[idx] + (w0 + lag) / 1000.0
-            binned = bin_means(behavior, starts, (w1 - w0) // bin_ms, bin_ms)
+            binned = resample_behavior(behavior, starts, (w1 - w0) // bin_ms, bin_ms)
             out[f"{part}_behavior"] = binned.astype(np.float32)
 
     order = np.concatenate([groups["heldin"], groups["heldout"]])
-    out.update(_condition_tensors(session, order, align, rows, window_ms, bin_ms))
+    kern = used["psth_kern_sd_ms"]
+    out.update(_condition_tensors(session, order, align, rows, window_ms, bin_ms, kern))
     return out
 
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from lfads_jslds.data import nlb
 from lfads_jslds.data.nwb import DataError, open_hdf5
 from lfads_jslds.io.atomic import atomic_write
 from lfads_jslds.io.h5 import save_h5_dict
@@ -43,18 +44,9 @@ PARAMS_TABLE = "rate_parameters"
 #: Columns of ``inferred_rates`` that ``extra`` may not reuse (hdmf also reserves ``id``).
 _RESERVED = ("id", "trial_id", "trial", "align_time", "start_time", "stop_time", "rates")
 
-#: NLB dataset names (nlb_tools'); a bin other than 5 ms adds ``_<bin_ms>``.
-NLB_DATASETS = (
-    "mc_maze",
-    "mc_maze_large",
-    "mc_maze_medium",
-    "mc_maze_small",
-    "mc_rtt",
-    "area2_bump",
-    "dmfc_rsg",
-)
-#: Bins (ms) NLB evaluates at.
-NLB_BINS_MS = (5, 20)
+#: NLB dataset names (nlb_tools', from ``data.nlb``'s table); a bin other than 5 ms adds
+#: ``_<bin_ms>``.
+NLB_DATASETS = tuple(nlb.DATASETS)
 #: Arrays of an NLB submission, each [trial, time, neuron] in spikes per bin.
 SUBMISSION_KEYS = (
     "train_rates_heldin",
@@ -306,9 +298,7 @@ def nlb_dataset_name(name: str, bin_ms: int) -> str:
         raise ValueError(
             f"name: {name!r} is not an NLB dataset; those are {', '.join(NLB_DATASETS)}"
         )
-    if bin_ms not in NLB_BINS_MS:
-        raise ValueError(f"bin_ms: NLB evaluates at {NLB_BINS_MS} ms, not {bin_ms}")
-    return name if bin_ms == 5 else f"{name}_{bin_ms}"
+    return nlb.facts(name).nlb_name(bin_ms)
 
 
 def write_nlb_submission(path: Path, dataset: str, rates: dict[str, np.ndarray]) -> None:
