@@ -287,6 +287,78 @@ def test_no_eval_trials_is_an_error(small):
         prep.prepare(_with_trials(session, split=split))
 
 
+def test_val_fraction_draws_train_and_val_from_the_files_train_and_val_trials(small):
+    session = small[0]
+    split = session.trials["split"]
+    with pytest.warns(UserWarning, match="trial split .100 test, 75 train, 25 val. is ignored"):
+        a = prep.prepare(session, val_fraction=0.2, seed=1)
+    with pytest.warns(UserWarning):
+        b = prep.prepare(session, val_fraction=0.2, seed=1)
+        c = prep.prepare(session, val_fraction=0.2, seed=2)
+    assert a["eval_trial_ids"].size == 20 and a["train_trial_ids"].size == 80
+    pool = session.trials["id"][np.isin(split, ["train", "val"])]
+    np.testing.assert_array_equal(np.sort(np.r_[a["train_trial_ids"], a["eval_trial_ids"]]), pool)
+    np.testing.assert_array_equal(a["eval_trial_ids"], b["eval_trial_ids"])
+    assert not np.array_equal(a["eval_trial_ids"], c["eval_trial_ids"])
+    assert a["eval_spikes_heldout"].shape == (20, 140, 35)  # val targets, as NLB's val
+
+
+def _train_and_val_only(session):
+    """The session's train and val trials (its test trials lack held-out spikes)."""
+    keep = np.isin(session.trials["split"], ["train", "val"])
+    return dataclasses.replace(session, trials={k: v[keep] for k, v in session.trials.items()})
+
+
+def test_a_file_of_test_trials_needs_val_fraction_then_draws_from_all(small):
+    session = _train_and_val_only(small[0])
+    session = _with_trials(session, split=np.full(session.n_trials, "test"))  # as NLB's tests
+    with pytest.raises(DataError, match=r"the file has test\); pass --val-fraction"):
+        prep.prepare(session)
+    with pytest.warns(UserWarning, match="trial split .100 test. is ignored: 25 val and 75"):
+        t = prep.prepare(session, val_fraction=0.25)
+    ids = np.sort(np.r_[t["train_trial_ids"], t["eval_trial_ids"]])
+    np.testing.assert_array_equal(ids, np.sort(session.trials["id"]))
+
+
+def test_without_a_split_column_val_fraction_is_needed(small):
+    session = _train_and_val_only(small[0])
+    del session.trials["split"]
+    with pytest.raises(DataError, match="no column 'split'; pass --val-fraction"):
+        prep.prepare(session)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing of the file's is overridden: no warning
+        t = prep.prepare(session, val_fraction=0.5)
+    assert t["train_trial_ids"].size == t["eval_trial_ids"].size == 50
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"val_fraction": 1.0}, "val_fraction must lie strictly between 0 and 1"),
+        ({"heldout_fraction": 0.0}, "heldout_fraction must lie strictly between 0 and 1"),
+        ({"val_fraction": 0.001}, "leaves 0 on one side and 100 on the other"),
+        ({"val_fraction": 0.2, "phase": "test"}, "val_fraction applies to phase 'val'"),
+    ],
+)
+def test_bad_split_options_fail_before_any_work(small, monkeypatch, kwargs, needle):
+    monkeypatch.setattr(prep, "bin_counts", None)  # binning would fail differently
+    with pytest.raises(DataError, match=needle):
+        prep.prepare(small[0], **kwargs)
+
+
+def test_forward_window_is_dropped_when_no_trial_has_room_for_it(small):
+    session = small[0]
+    end = session.trials["move_onset_time"] + 0.45  # NLB's test files end trials here
+    with pytest.warns(UserWarning, match="at most 450 ms after move_onset_time.*forward_ms 0"):
+        t = prep.prepare(_with_trials(session, stop_time=end))
+    assert not [k for k in t if k.endswith("_forward")]
+    assert t["eval_spikes_heldout"].shape == (25, 140, 35)
+    room = end.copy()
+    room[np.flatnonzero(session.trials["split"] == "val")[0]] += 0.2  # one trial has room
+    t = prep.prepare(_with_trials(session, stop_time=room))
+    assert t["eval_spikes_heldout_forward"].shape == (25, 40, 35)
+
+
 def test_missing_behaviour_still_makes_tensors(small):
     session = dataclasses.replace(small[0], behavior={})
     with pytest.warns(UserWarning, match="behaviour metrics .* will be skipped"):
@@ -295,16 +367,41 @@ def test_missing_behaviour_still_makes_tensors(small):
     assert t["train_spikes_heldin"].shape == (75, 140, 107)
 
 
-def test_without_heldout_column_a_seeded_split_is_made(small):
+def _without_heldout(session, flags=None):
+    return dataclasses.replace(session, units=dataclasses.replace(session.units, heldout=flags))
+
+
+@pytest.mark.parametrize("flags", [None, "all_false"])
+def test_without_heldout_units_an_option_is_needed(small, flags):
     session = small[0]
-    units = dataclasses.replace(session.units, heldout=None)
-    no_flags = dataclasses.replace(session, units=units)
-    with pytest.warns(UserWarning, match="36 of 142 units were held out at random"):
-        a = prep.prepare(no_flags, seed=3)
-    with pytest.warns(UserWarning):
-        b = prep.prepare(no_flags, seed=3)
+    column = None if flags is None else np.zeros(session.units.n_units, bool)
+    with pytest.raises(DataError, match="--heldout-fraction .* or --heldout-units"):
+        prep.prepare(_without_heldout(session, column))
+
+
+def test_heldout_fraction_draws_a_seeded_split(small):
+    no_flags = _without_heldout(small[0])
+    a = prep.prepare(no_flags, heldout_fraction=0.25, seed=3)
+    b = prep.prepare(no_flags, heldout_fraction=0.25, seed=3)
+    c = prep.prepare(no_flags, heldout_fraction=0.25, seed=4)
     np.testing.assert_array_equal(a["heldout_unit_ids"], b["heldout_unit_ids"])
-    assert a["train_spikes_heldout"].shape[2] == 36
+    assert a["train_spikes_heldout"].shape[2] == 36  # round(0.25 * 142)
+    assert not np.array_equal(a["heldout_unit_ids"], c["heldout_unit_ids"])
+    ids = np.r_[a["heldin_unit_ids"], a["heldout_unit_ids"]]
+    np.testing.assert_array_equal(np.sort(ids), np.sort(small[0].units.ids))
+
+
+def test_heldout_options_replace_the_files_column_with_a_warning(small):
+    session = small[0]
+    listed = session.units.ids[[3, 7, 11]]
+    with pytest.warns(UserWarning, match="heldout column .35 units. is replaced by the 3 listed"):
+        t = prep.prepare(session, heldout_units=listed.tolist())
+    np.testing.assert_array_equal(t["heldout_unit_ids"], listed)
+    assert t["train_spikes_heldin"].shape[2] == 139
+    with pytest.raises(DataError, match="not in /units: \\[100000\\]"):
+        prep.prepare(session, heldout_units=[100000])
+    with pytest.raises(DataError, match="not both"):
+        prep.prepare(session, heldout_units=[int(listed[0])], heldout_fraction=0.2)
 
 
 def test_unobserved_windows_are_nan(small):

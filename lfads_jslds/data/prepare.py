@@ -15,7 +15,9 @@ Trial splits (``phase``): ``"val"`` (the local evaluation NLB describes): train 
 ``split == "train"``, eval tensors from ``split == "val"``, with held-out and forward
 targets. ``"test"``: train tensors from train and val trials, eval tensors from
 ``split == "test"`` with held-in spikes only (held-out units, behaviour and the forward window
-are not observable there). Other splits (``"none"``) are ignored.
+are not observable there). Other splits (``"none"``) are ignored. A file without a usable
+split (no ``split`` column, or NLB's test files, every trial "test") needs ``val_fraction``;
+one whose units table flags no held-out unit needs ``heldout_fraction`` or ``heldout_units``.
 
 Units: spikes per bin (float32; NaN where a unit's ``obs_intervals`` do not cover the window).
 Behaviour: the series' unit (hand_vel: mm/s), resampled as nlb_tools does (anti-alias
@@ -28,7 +30,7 @@ row picked by the ``dataset`` argument or else by the file's name (``conventions
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,14 +56,19 @@ def bin_counts(spikes: np.ndarray, starts_s: np.ndarray, n_bins: int, bin_ms: in
 
 
 def observed(intervals: np.ndarray | None, start_s: np.ndarray, stop_s: np.ndarray) -> np.ndarray:
-    """[trial] True where ``[start, stop]`` lies inside one observation interval (None: all)."""
+    """[trial] True where ``[start, stop]`` lies inside one observation interval (None: all).
+
+    Up to half a 1 ms tick of slack at both ends: a window that ends where its trial's
+    interval ends must not fail on float rounding (NLB's test files: ``onset + 0.45`` s
+    exceeds ``stop_time`` by 4e-16 s).
+    """
     if intervals is None:
         return np.ones(start_s.size, bool)
     if intervals.size == 0:
         return np.zeros(start_s.size, bool)
     iv = intervals[np.argsort(intervals[:, 0], kind="stable")]
-    k = np.searchsorted(iv[:, 0], start_s, side="right") - 1
-    return (k >= 0) & (stop_s <= iv[np.maximum(k, 0), 1])
+    k = np.searchsorted(iv[:, 0], start_s + HALF_TICK_S, side="right") - 1
+    return (k >= 0) & (stop_s - HALF_TICK_S <= iv[np.maximum(k, 0), 1])
 
 
 def conventions(
@@ -209,51 +216,164 @@ def _check_params(
         raise DataError(f"phase must be 'val' or 'test', got {phase!r}")
 
 
-def _heldout_flags(units: Units, fraction: float, seed: int) -> np.ndarray:
-    if units.heldout is not None:
-        return units.heldout
-    n_out = int(round(fraction * units.n_units))
-    flags = np.zeros(units.n_units, bool)
-    flags[np.random.default_rng(seed).choice(units.n_units, n_out, replace=False)] = True
-    warnings.warn(
-        f"the units table has no 'heldout' column: {n_out} of {units.n_units} units were "
-        f"held out at random (fraction {fraction}, seed {seed})",
-        stacklevel=3,
-    )
+def _check_split(
+    path: Path,
+    phase: str,
+    val_fraction: float | None,
+    heldout_fraction: float | None,
+    heldout_units: Sequence[int] | None,
+) -> None:
+    """Refuse split options that cannot be honoured, before any binning."""
+    for name, value in (("val_fraction", val_fraction), ("heldout_fraction", heldout_fraction)):
+        if value is not None and not 0.0 < value < 1.0:
+            raise DataError(f"{path}: {name} must lie strictly between 0 and 1, got {value}")
+    if heldout_fraction is not None and heldout_units is not None:
+        raise DataError(f"{path}: give heldout_fraction or heldout_units, not both")
+    if val_fraction is not None and phase == "test":
+        raise DataError(
+            f"{path}: phase 'test' takes its eval trials from the file's test split; "
+            "val_fraction applies to phase 'val'"
+        )
+
+
+def _draw(n: int, fraction: float, rng: np.random.Generator, path: Path, what: str) -> np.ndarray:
+    """[n] bool, ``round(fraction n)`` of them True at random; both sides non-empty."""
+    k = int(round(fraction * n))
+    if not 0 < k < n:
+        raise DataError(
+            f"{path}: a fraction {fraction} of {n} {what} leaves {k} on one side and {n - k} on "
+            "the other; both need at least one"
+        )
+    flags = np.zeros(n, bool)
+    flags[rng.choice(n, k, replace=False)] = True
+    return flags
+
+
+def _heldout_flags(
+    units: Units,
+    path: Path,
+    fraction: float | None,
+    listed: Sequence[int] | None,
+    seed: int,
+) -> np.ndarray:
+    """[unit] True for held-out units: ``listed`` ids, else a random ``fraction`` (``seed``),
+    else the file's ``heldout`` column. An option replaces the column, with a warning."""
+    column = units.heldout
+    if listed is not None:
+        absent = sorted(set(listed) - set(units.ids.tolist()))
+        if absent:
+            raise DataError(f"{path}: heldout_units names ids not in /units: {absent[:10]}")
+        flags = np.isin(units.ids, listed)
+        how = f"the {int(flags.sum())} listed units"
+    elif fraction is not None:
+        flags = _draw(units.n_units, fraction, np.random.default_rng((seed, 0)), path, "units")
+        how = f"{int(flags.sum())} of {units.n_units} units drawn at random (fraction {fraction})"
+    elif column is None or not column.any():
+        state = "has no 'heldout' column" if column is None else "flags no unit (heldout all False)"
+        raise DataError(
+            f"{path}: the units table {state}, and co-bps needs held-out units: pass "
+            "--heldout-fraction (e.g. 0.25) or --heldout-units (config data.heldout_fraction, "
+            "data.heldout_units)"
+        )
+    else:
+        return column
+    if flags.all():
+        raise DataError(f"{path}: every unit is held out; the encoder needs held-in units")
+    if column is not None and column.any():
+        warnings.warn(
+            f"{path}: the units table's heldout column ({int(column.sum())} units) is replaced "
+            f"by {how}",
+            stacklevel=3,
+        )
     return flags
 
 
 def _select_trials(
-    session: Session, align_field: str, phase: str
+    session: Session, align_field: str, phase: str, val_fraction: float | None, seed: int
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(align times [trial] s, rows of the train and eval trials); NaN onsets dropped, warned."""
+    """(align times [trial] s, rows of the train and eval trials); NaN onsets dropped, warned.
+
+    Phase "val": the file's train / val split, or with ``val_fraction`` a random draw
+    (``seed``) from its train and val trials (from all its trials where it has none, e.g.
+    NLB's test files, whose every trial is "test"); a file split so replaced is warned about.
+    """
     trials, path = session.trials, session.path
-    for name in (align_field, "split"):
+    needed = (align_field,) if val_fraction is not None else (align_field, "split")
+    for name in needed:
         if name not in trials:
             cols = ", ".join(k for k in trials if k != "id")
-            raise DataError(f"{path}: /intervals/trials has no column {name!r}; it has: {cols}")
+            hint = "; pass --val-fraction to draw a split" if name == "split" else ""
+            raise DataError(
+                f"{path}: /intervals/trials has no column {name!r}{hint}; it has: {cols}"
+            )
     align = np.asarray(trials[align_field], dtype=np.float64)
-    split = np.asarray(trials["split"]).astype(str)
+    n = align.size
+    split = np.asarray(trials["split"]).astype(str) if "split" in trials else np.full(n, "")
     sources = {"train": ("train",) if phase == "val" else ("train", "val")}
     sources["eval"] = ("val",) if phase == "val" else ("test",)
-    wanted = np.isin(split, [*sources["train"], *sources["eval"]])
-    bad = wanted & ~np.isfinite(align)
+    member = {part: np.isin(split, names) for part, names in sources.items()}
+    if val_fraction is not None:
+        pool = np.isin(split, ["train", "val"])
+        if not pool.any():
+            pool = split != "none"
+    else:
+        pool = member["train"] | member["eval"]
+    bad = pool & ~np.isfinite(align)
     if bad.any():
         ids = ", ".join(str(i) for i in trials["id"][bad][:10]) + (" ..." if bad.sum() > 10 else "")
         warnings.warn(
-            f"{path}: dropped {bad.sum()} of {wanted.sum()} trials whose {align_field} is NaN "
+            f"{path}: dropped {bad.sum()} of {pool.sum()} trials whose {align_field} is NaN "
             f"(trial ids {ids})",
             stacklevel=3,
         )
+    if val_fraction is not None:
+        usable = np.flatnonzero(pool & np.isfinite(align))
+        val = _draw(usable.size, val_fraction, np.random.default_rng((seed, 1)), path, "trials")
+        rows = {"train": usable[~val], "eval": usable[val]}
+        if "split" in trials:
+            names, counts = np.unique(split, return_counts=True)
+            had = ", ".join(f"{c} {s}" for s, c in zip(names, counts, strict=True))
+            warnings.warn(
+                f"{path}: the file's trial split ({had}) is ignored: {val.sum()} val and "
+                f"{(~val).sum()} train trials drawn at random (val_fraction {val_fraction})",
+                stacklevel=3,
+            )
+        return align, rows
     rows = {}
     for part, names in sources.items():
-        rows[part] = np.flatnonzero(np.isin(split, names) & np.isfinite(align))
+        rows[part] = np.flatnonzero(member[part] & np.isfinite(align))
         if rows[part].size == 0:
+            hint = "; pass --val-fraction to draw train and val trials" if phase == "val" else ""
             raise DataError(
                 f"{path}: no {part} trials (phase {phase!r} takes them from split "
                 f"{' and '.join(names)}; the file has {', '.join(sorted(set(split.tolist())))})"
+                f"{hint}"
             )
     return align, rows
+
+
+def _forward_room(
+    session: Session,
+    align_field: str,
+    align: np.ndarray,
+    rows: np.ndarray,
+    end_ms: int,
+    forward_ms: int,
+) -> int:
+    """``forward_ms``, or 0 (warned) where no trial's ``stop_time`` reaches past the window's
+    end by that much (NLB's test files end every trial at the window's end)."""
+    if not forward_ms or "stop_time" not in session.trials:
+        return forward_ms
+    after = np.asarray(session.trials["stop_time"], np.float64)[rows] - align[rows]
+    if (after >= (end_ms + forward_ms) / 1000.0 - HALF_TICK_S).any():
+        return forward_ms
+    warnings.warn(
+        f"{session.path}: the trials end at most {1000 * after.max():.0f} ms after "
+        f"{align_field}, leaving no room for the {forward_ms} ms forward window past "
+        f"{end_ms} ms: no forward window (forward_ms 0, so no fp-bps)",
+        stacklevel=3,
+    )
+    return 0
 
 
 def _condition_tensors(
@@ -304,15 +424,21 @@ def prepare(
     dataset: str | None = None,
     phase: str = "val",
     behavior_field: str = "hand_vel",
-    heldout_fraction: float = 0.25,
+    val_fraction: float | None = None,
+    heldout_fraction: float | None = None,
+    heldout_units: Sequence[int] | None = None,
     seed: int = 0,
 ) -> dict[str, np.ndarray]:
     """NLB tensors of ``session`` (see the module doc for splits, units and binning).
 
     ``dataset``: the ``data.nlb`` row whose conventions apply (None: matched from the
     file's name; see ``conventions``, whose values the caller records with the tensors);
-    ``lag_ms``: behaviour lag (None: the row's). Without a ``heldout`` column, a
-    ``heldout_fraction`` of the units is held out at random (``seed``), with a warning.
+    ``lag_ms``: behaviour lag (None: the row's). Split options, each replacing
+    what the file says (with a warning) and needed where the file says nothing usable:
+    ``val_fraction`` of the trials drawn as eval trials (phase "val"); ``heldout_fraction``
+    of the units drawn, or the ``heldout_units`` ids, held out. ``seed`` draws both
+    (independent streams). The forward window is dropped (warned) when no trial's
+    ``stop_time`` leaves room for it.
 
     Keys: ``{train,eval}_spikes_{heldin,heldout}[_forward]`` [trial, time, neuron];
     ``{train,eval}_behavior`` [trial, time, 2]; ``psth`` [condition, time, neuron] (held-in
@@ -331,11 +457,14 @@ def prepare(
     behavior = session.behavior.get(behavior_field)
     if behavior is not None:
         decimation_factor(behavior, bin_ms, session.path)
-    align, rows = _select_trials(session, align_field, phase)
     units, path = session.units, session.path
-    heldout = _heldout_flags(units, heldout_fraction, seed)
+    _check_split(path, phase, val_fraction, heldout_fraction, heldout_units)
+    align, rows = _select_trials(session, align_field, phase, val_fraction, seed)
+    heldout = _heldout_flags(units, path, heldout_fraction, heldout_units, seed)
     groups = {"heldin": np.flatnonzero(~heldout), "heldout": np.flatnonzero(heldout)}
     w0, w1 = window_ms
+    both = np.concatenate(list(rows.values()))
+    forward_ms = _forward_room(session, align_field, align, both, w1, forward_ms)
     windows = {"": (w0, w1), "_forward": (w1, w1 + forward_ms)} if forward_ms else {"": (w0, w1)}
     out: dict[str, np.ndarray] = {}
     for part, idx in rows.items():
