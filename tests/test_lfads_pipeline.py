@@ -16,6 +16,7 @@ from lfads_jslds.analysis.modes import RULES
 from lfads_jslds.cli import DominantRule, app
 from lfads_jslds.data import dataset
 from lfads_jslds.data.prepare import write_tensors
+from lfads_jslds.models import lfads
 from lfads_jslds.training import lfads_trainer
 from lfads_jslds.training.checkpoints import Checkpoints
 from lfads_jslds.training.run_config import RunConfig
@@ -103,7 +104,107 @@ def test_a_short_fit_of_each_generator_lowers_the_loss(tmp_path, tensors_file, g
     assert last < first, (first, last)
     primary = "nll_jslds" if generator == "slds" else "nll"
     assert float(rows[-1][primary]) < float(rows[0][primary])
-    assert float(rows[-1]["val_nll_heldin"]) < float(rows[0]["val_nll_heldin"])
+    assert float(rows[-1]["val_nll_sv"]) < float(rows[0]["val_nll_sv"])
+
+
+def _copier(params, cfg, x, n_fwd, key, train, sample=True):
+    """A "model" that returns its encoder input as rates (plus a floor): it has learned
+    nothing but to copy."""
+    z = jnp.zeros((*x.shape[:2], 0))
+    return lfads.TrialOutput(*([z] * 13))._replace(log_rates=jnp.log(x + 0.05))
+
+
+def test_validation_does_not_reward_copying_the_input(monkeypatch):
+    """Sample validation scores only entries withheld from the encoder: a copier loses
+    to the true rates there, though it wins on the entries the encoder saw (what
+    validation scored before)."""
+    rng = np.random.default_rng(0)
+    rates = rng.uniform(0.5, 3.0, (6, 10, 4))  # spikes per bin
+    x = rng.poisson(rates).astype(np.float32)
+    sv = lfads_trainer.sample_validation(x, 0.2, seed=3)
+    assert 0.1 < sv.mask.mean() < 0.3
+    np.testing.assert_array_equal(sv.input[sv.mask], 0.0)
+    np.testing.assert_allclose(sv.input[~sv.mask], x[~sv.mask] / 0.8, rtol=1e-6)
+    np.testing.assert_array_equal(sv.target[sv.mask], x[sv.mask])
+    assert np.isnan(sv.target[~sv.mask]).all()
+    again = lfads_trainer.sample_validation(x, 0.2, seed=3)  # fixed: the same every epoch
+    np.testing.assert_array_equal(again.mask, sv.mask)
+
+    cfg = tiny_config("model.generator=gru")
+
+    def score(forward):
+        monkeypatch.setattr(lfads, "forward", forward)
+        nll, _ = lfads_trainer.make_validation(cfg)({}, jnp.asarray(sv.input), sv.target)
+        return float(np.mean(nll))
+
+    truth = score(lambda p, c, x, *a, **k: _copier(p, c, x, *a)._replace(log_rates=np.log(rates)))
+    copy = score(_copier)
+    assert truth < copy, (truth, copy)
+    # the old criterion, written out: NLL on the entries the encoder saw, full input
+    seen = ~sv.mask
+    nll = lambda lr: np.sum(np.where(seen, np.exp(lr) - x * lr, 0.0))  # noqa: E731
+    assert nll(np.log(x + 0.05)) < nll(np.log(rates))  # there the copier would have won
+
+
+def test_slds_validation_scores_the_a_path_at_the_withheld_entries(tmp_path, tensors_file):
+    cfg = tiny_config("model.generator=slds", "model.dropout=0")
+    data, _ = lfads_trainer.prepare_run(tmp_path / "run", cfg, tensors_file, resume=False)
+    params = lfads_trainer.init_state(cfg, data, lfads_trainer.make_optimizer(cfg, 1))[0]
+    params["expansion"] = [  # a non-trivial E: the a path differs from the g path
+        {"W": 0.5 * jnp.ones_like(layer["W"]), "b": 0.2 * jnp.ones_like(layer["b"])}
+        for layer in params["expansion"]
+    ]
+    sv = lfads_trainer.sample_validation(data.eval_input, cfg.train.sv_rate, cfg.train.seed)
+    nll, _ = lfads_trainer.make_validation(cfg)(params, jnp.asarray(sv.input), sv.target)
+    out = lfads.forward(params, cfg.model, sv.input, 0, jax.random.PRNGKey(0), False, False)
+    n_in = data.n_heldin  # the model's neurons: held-in first
+    la, lg = (np.asarray(r, float)[:, :, :n_in] for r in (out.log_rates_a, out.log_rates))
+    assert np.abs(la - lg).max() > 1e-3
+    n = np.asarray(data.eval_input, float)
+    ref = np.sum(np.where(sv.mask, np.exp(la) - n * la, 0.0), axis=(1, 2))
+    np.testing.assert_allclose(nll, ref, rtol=1e-5)
+
+
+def test_eval_heldin_training_never_sees_validation_or_heldout_entries(tmp_path, tensors_file):
+    """train.use_eval_heldin: eval trials join training, but a step's gradients (hence
+    weights) do not change when only their sample-validation entries, held-out neurons or
+    forward bins change; they do when an entry the model may train on changes."""
+    cfg = tiny_config("train.use_eval_heldin=true")
+    data, _ = lfads_trainer.prepare_run(tmp_path / "run", cfg, tensors_file, resume=False)
+    t = cfg.train
+    tx = lfads_trainer.make_optimizer(cfg, 1)
+    params, opt = lfads_trainer.init_state(cfg, data, tx)
+    step = lfads_trainer.make_train_step(cfg, tx, data.n_fwd)
+    n_train, n_eval = data.train_input.shape[0], data.eval_input.shape[0]
+    idx = jnp.arange(n_train, n_train + n_eval)  # a batch of eval trials only
+
+    def after_one_step(d):
+        sv = lfads_trainer.sample_validation(d.eval_input, t.sv_rate, t.seed)
+        inputs, targets = lfads_trainer.training_arrays(d, sv, t)
+        assert inputs.shape[0] == n_train + n_eval
+        new, _, terms, ok = step(params, opt, inputs, targets, idx, 0, 1.0, 1.0, 1.0)
+        assert bool(ok)
+        return [np.asarray(leaf) for leaf in jax.tree.leaves(new)]
+
+    base = after_one_step(data)
+    mask = lfads_trainer.sample_validation(data.eval_input, t.sv_rate, t.seed).mask
+    assert mask.any() and (~mask).any()
+    hidden = dataclasses.replace(
+        data,
+        eval_input=np.where(mask, data.eval_input + 7.0, data.eval_input),
+        eval_target=data.eval_target + 5.0,  # held-out neurons and forward bins too
+    )
+    for a, b in zip(base, after_one_step(hidden), strict=True):
+        np.testing.assert_array_equal(a, b)
+    seen = dataclasses.replace(data, eval_input=np.where(mask, data.eval_input, 7.0))
+    assert any(not np.array_equal(a, b) for a, b in zip(base, after_one_step(seen), strict=True))
+    summary = lfads_trainer.train(
+        dataclasses.replace(cfg, train=dataclasses.replace(t, max_epochs=1)),
+        tmp_path / "run",
+        data,
+        progress=False,
+    )
+    assert summary["steps"] == (n_train + n_eval) // t.batch_size  # eval trials in the epoch
 
 
 def _params_of(run, cfg, data, folder="checkpoints"):
@@ -247,10 +348,11 @@ def test_run_writes_the_documented_outputs(tmp_path, tensors_file):
     assert summary["expansion_points_source"].startswith("expansion network")
     assert summary["dominant_rule"] == "motion"  # the default
     assert json.dumps(summary, allow_nan=False)  # no NaN or inf anywhere
+    # the tiny data's -80..80 ms lack jPCA's default -50..150 ms: skipped, saying why
+    assert "not inside the data's window_ms [-80, 80]" in summary["jpca"]["skipped"]
     for name in (
         "eigenvalues",
         "mode_histograms",
-        "rosette_jpca",
         "expansion_points_pca",
         "raster_vs_rates",
     ):
@@ -268,13 +370,19 @@ def test_analysis_of_a_gru_run_falls_back_to_numerical_fixed_points(tmp_path, te
     missing = runner.invoke(app, ["analyze", str(run)])
     assert missing.exit_code == 1 and "lfads-jslds infer" in missing.output
     assert runner.invoke(app, ["infer", str(run), "--no-progress"]).exit_code == 0
-    result = runner.invoke(app, ["analyze", str(run), "--dominant-rule", "deviation"])
+    outside = runner.invoke(app, ["analyze", str(run), "--jpca-window", "-50", "150"])
+    assert outside.exit_code == 1 and "inference.h5: jPCA window [-50, 150] ms" in outside.output
+    assert not (run / "analysis" / "summary.json").exists()
+    args = ["analyze", str(run), "--dominant-rule", "deviation", "--jpca-window", "-60", "60"]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads((run / "analysis" / "summary.json").read_text())
     assert summary["dominant_rule"] == summary["modes"]["conventions"]["dominant_rule"]
     assert {r.value for r in DominantRule} == set(RULES) and summary["dominant_rule"] == "deviation"
     assert summary["expansion_points_source"].startswith("nearest numerical fixed point")
     assert summary["numerical_fixed_points"]["found"] >= 1
+    assert summary["jpca"]["bins"] == [1, 7] and summary["jpca"]["window_ms"] == [-60, 60]
+    assert (run / "analysis" / "figures" / "rosette_jpca.png").exists()
     json.dumps(summary, allow_nan=False)
 
 

@@ -9,10 +9,20 @@ state untouched; after ``max_bad_steps`` of them in a row the run rolls back to 
 epoch that ended cleanly and halves the learning rate (``max_rollbacks`` times at most,
 then it stops with a message). Non-finite weights are never saved.
 
-Early stopping watches an exponentially smoothed validation NLL of the eval trials'
-held-in neurons over the observed window (posterior means, dropout off). The held-out
-neurons and forward bins of eval trials are never used to choose weights, so co-bps and
-fp-bps on them stay honest. Comparison starts once the KL and L2 ramps are complete.
+Validation never rewards copying input to output (lfads-torch's sample validation): a
+fixed random mask (``train.sv_rate`` of the entries, drawn once from ``train.seed``) picks
+held-in observed entries of the eval trials; validation zeroes them in the encoder input
+(the other entries scaled by 1/(1 − sv_rate), as coordinated dropout scales) and scores
+only them: the Poisson NLL per trial of the generating path's rates (posterior means,
+dropout off). Early stopping watches the exponentially smoothed value; comparison starts
+once the KL and L2 ramps are complete.
+
+With ``train.use_eval_heldin`` (NLB allows it: held-in spikes are model inputs) the eval
+trials also join the training batches, with the same sample-validation entries withheld
+from the encoder and NaN in the target, so validation stays honest.
+
+The eval trials' held-out neurons and forward bins (``data.eval_target``) are read by
+nothing in this module: they serve only the final score (``evaluation``).
 
 Run folder: ``config.yaml``, ``data.json`` (where the tensors are), ``data.h5`` (when
 DATA was an NWB file), ``checkpoints/`` (latest), ``best/`` (early-stopping weights),
@@ -43,7 +53,7 @@ from lfads_jslds.data.dataset import LFADSData
 from lfads_jslds.io import atomic
 from lfads_jslds.models import lfads
 from lfads_jslds.training.checkpoints import Checkpoints
-from lfads_jslds.training.run_config import RunConfig, validate
+from lfads_jslds.training.run_config import RunConfig, TrainConfig, validate
 from lfads_jslds.training.task_trainer import RunFolderError, trim_log
 
 CONFIG, DATA_INFO, DATA_FILE, LOG, SUMMARY = (
@@ -100,6 +110,49 @@ def coordinated_dropout(
     return x_in, mask
 
 
+#: Stream of ``train.seed`` the sample-validation mask is drawn from (apart from the keys).
+SV_STREAM = 1
+
+
+@dataclass(frozen=True)
+class SampleValidation:
+    """The eval trials as validation sees them; arrays ``[trial, T_obs, held-in]``."""
+
+    mask: np.ndarray  # True: withheld from the encoder, scored
+    input: np.ndarray  # encoder input: withheld entries 0, the others scaled by 1/(1 − rate)
+    target: np.ndarray  # counts at the withheld entries, NaN elsewhere
+
+
+def sample_validation(eval_input: np.ndarray, rate: float, seed: int) -> SampleValidation:
+    """A fixed mask over the eval trials' held-in observed entries (lfads-torch's sample
+    validation): the same entries every epoch, and on resume."""
+    mask = np.random.default_rng([seed, SV_STREAM]).random(eval_input.shape) < rate
+    x = eval_input.astype(np.float32)
+    return SampleValidation(
+        mask,
+        np.where(mask, 0.0, x / (1.0 - rate)).astype(np.float32),
+        np.where(mask, x, np.nan).astype(np.float32),
+    )
+
+
+def training_arrays(
+    data: LFADSData, sv: SampleValidation, t: TrainConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(inputs, targets)`` the training batches are drawn from: the train trials, then with
+    ``t.use_eval_heldin`` the eval trials, whose input is validation's and whose target holds
+    only their held-in observed counts outside the sample-validation mask (held-out neurons,
+    forward bins and withheld entries NaN, which the Poisson NLL skips)."""
+    if not t.use_eval_heldin:
+        return data.train_input, data.train_target
+    n_obs, n_in = sv.input.shape[1:]
+    target = np.full((sv.input.shape[0], *data.train_target.shape[1:]), np.nan, np.float32)
+    target[:, :n_obs, :n_in] = np.where(sv.mask, np.nan, data.eval_input)
+    return (
+        np.concatenate([data.train_input, sv.input]),
+        np.concatenate([data.train_target, target]),
+    )
+
+
 def make_train_step(
     cfg: RunConfig, tx: optax.GradientTransformation, n_fwd: int
 ) -> Callable[..., Any]:
@@ -135,20 +188,24 @@ def make_train_step(
     return step_fn
 
 
-def make_validation(cfg: RunConfig, n_fwd: int) -> Callable[..., Any]:
-    """Jitted per-trial NLLs ``(held-in observed, held-out + forward)`` and ‖a−g‖/‖g‖."""
+def make_validation(cfg: RunConfig) -> Callable[..., Any]:
+    """Jitted ``(params, x, target) -> (nll, rel)`` per eval trial, over the observed window.
+
+    ``x``, ``target``: ``SampleValidation.input`` / ``.target``. ``nll``: Poisson NLL of
+    the generating path's rates at the withheld entries (posterior means, dropout off);
+    ``rel``: mean ‖a − g‖/‖g‖ (0 without a JSLDS).
+    """
 
     @jax.jit
     def val_fn(params, x, target):
-        out = lfads.forward(params, cfg.model, x, n_fwd, jax.random.PRNGKey(0), False, False)
-        n_obs, n_in = x.shape[1:]
-        heldin = lfads.poisson_nll(out.log_rates[:, :n_obs, :n_in], x, jnp.ones(()))
-        rest = lfads.poisson_nll(out.log_rates, target, jnp.ones(())) - heldin
-        if cfg.model.generator == "gru":
-            rel = jnp.zeros(x.shape[0])
-        else:
+        out = lfads.forward(params, cfg.model, x, 0, jax.random.PRNGKey(0), False, False)
+        log_rates = lfads.generating_path(out, cfg.model).log_rates[:, :, : x.shape[2]]  # held-in
+        nll = lfads.poisson_nll(log_rates, target, 1.0)
+        if lfads.GENERATORS[cfg.model.generator].has_jslds:
             rel = jnp.mean(lfads.relative_error(out), axis=1)
-        return heldin, rest, rel
+        else:
+            rel = jnp.zeros(x.shape[0])
+        return nll, rel
 
     return val_fn
 
@@ -292,9 +349,8 @@ COLUMNS = (
     "l2_weight",
     "total",
     *lfads.LOSS_TERMS,
-    "val_nll_heldin",
-    "val_nll_smoothed",
-    "val_nll_heldout_fwd",
+    "val_nll_sv",
+    "val_nll_sv_smoothed",
     "val_rel_error",
     "skipped",
     "seconds",
@@ -311,7 +367,9 @@ def train(
     """Train into ``run`` (prepared by ``prepare_run``); returns the summary in ``train.json``."""
     run = Path(run)
     t = cfg.train
-    n_train = data.train_input.shape[0]
+    sv = sample_validation(data.eval_input, t.sv_rate, t.seed)
+    train_in, train_tgt = training_arrays(data, sv, t)
+    n_train = train_in.shape[0]
     steps_per_epoch = n_train // t.batch_size
     tx = make_optimizer(cfg, steps_per_epoch)
     params, opt_state = init_state(cfg, data, tx)
@@ -324,9 +382,9 @@ def train(
         _drop_later_steps(run / "best", prog.epoch)  # redone identically from here on
         best_ckpt = Checkpoints(run / "best", keep=1)
     step_fn = make_train_step(cfg, tx, data.n_fwd)
-    val_fn = make_validation(cfg, data.n_fwd)
-    inputs, targets = jnp.asarray(data.train_input), jnp.asarray(data.train_target)
-    ev_in, ev_tgt = jnp.asarray(data.eval_input), jnp.asarray(data.eval_target)
+    val_fn = make_validation(cfg)
+    inputs, targets = jnp.asarray(train_in), jnp.asarray(train_tgt)
+    ev_in, ev_tgt = jnp.asarray(sv.input), jnp.asarray(sv.target)
     data_key = seed_keys(t.seed)[1]
     ramps_done = t.kl_start_epoch + t.kl_ramp_epochs, t.l2_start_epoch + t.l2_ramp_epochs
     good = (params, opt_state)
@@ -336,13 +394,13 @@ def train(
     new_log = not log_path.exists()
     stop_reason = "max_epochs"
 
-    def validate_now() -> tuple[float, float, float]:
+    def validate_now() -> tuple[float, float]:
         chunks = [
             val_fn(params, ev_in[i : i + t.batch_size], ev_tgt[i : i + t.batch_size])
             for i in range(0, ev_in.shape[0], t.batch_size)
         ]
-        heldin, rest, rel = (np.concatenate([np.asarray(c[j]) for c in chunks]) for j in range(3))
-        return float(heldin.mean()), float(rest.mean()), float(rel.mean())
+        nll, rel = (np.concatenate([np.asarray(c[j]) for c in chunks]) for j in range(2))
+        return float(nll.mean()), float(rel.mean())
 
     with (
         open(log_path, "a", newline="") as log_file,
@@ -395,7 +453,7 @@ def train(
             if n_ok == steps_per_epoch:
                 good = (params, opt_state)
             means = {k: v / max(n_ok, 1) for k, v in sums.items()}
-            val = (math.nan, math.nan, math.nan)
+            val = (math.nan, math.nan)
             if prog.epoch % t.val_every == 0 or prog.epoch == t.max_epochs:
                 val = validate_now()
                 prog.ema = (
@@ -412,7 +470,7 @@ def train(
             lr = t.lr * t.lr_decay**epoch * prog.lr_scale
             row = [prog.epoch, prog.step, lr, kl_w, l2_w]
             row += [means.get(k, math.nan) for k in ("total", *lfads.LOSS_TERMS)]
-            row += [val[0], prog.ema if prog.ema is not None else math.nan, val[1], val[2]]
+            row += [val[0], prog.ema if prog.ema is not None else math.nan, val[1]]
             row += [prog.skipped, time.perf_counter() - t0]
             writer.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])
             log_file.flush()
@@ -420,20 +478,23 @@ def train(
                 nll=f"{means.get('nll', math.nan):.4g}",
                 kl=f"{means.get('kl_ic', 0) + means.get('kl_co', 0):.3g}",
                 val=f"{val[0]:.4g}",
-                rel=f"{val[2]:.3f}",
+                rel=f"{val[1]:.3f}",
             )
             bar.update(1)
             stopping = prog.since_best >= t.patience and prog.epoch >= max(ramps_done)
             if stopping or prog.epoch % t.checkpoint_every == 0 or prog.epoch == t.max_epochs:
                 latest.save(prog.epoch, good, vars(prog))
             if stopping:
-                stop_reason = f"early stopping: no better smoothed val NLL for {t.patience} epochs"
+                stop_reason = (
+                    f"early stopping: no better smoothed sample-validation NLL for {t.patience} "
+                    "epochs"
+                )
                 break
     summary = {
         "epochs": prog.epoch,
         "steps": prog.step,
         "best_epoch": prog.best_epoch,
-        "best_val_nll_smoothed": prog.best,
+        "best_val_nll_sv_smoothed": prog.best,
         "skipped_steps": prog.skipped,
         "rollbacks": prog.rollbacks,
         "stop_reason": stop_reason,

@@ -35,6 +35,11 @@ class TrainConfig:
     l2_start_epoch: int = 0
     l2_ramp_epochs: int = 50
     cd_rate: float = 0.3  # coordinated dropout: fraction of input entries masked
+    # sample validation: this fraction of the eval trials' held-in observed entries, a fixed
+    # mask drawn from ``seed``, is withheld from the encoder and is all validation scores
+    sv_rate: float = 0.2
+    # the eval trials' held-in spikes (less the sample-validation entries) join training
+    use_eval_heldin: bool = False
     val_every: int = 1  # epochs between validations
     smoothing: float = 0.9  # EMA factor of the validation NLL used for early stopping
     patience: int = 200  # epochs without a better smoothed validation NLL before stopping
@@ -105,6 +110,8 @@ def validate(cfg: RunConfig) -> None:
             bad.append(f"{name} = {value} (needs 0 <= value < 1)")
     if not 0.0 <= t.smoothing < 1.0:
         bad.append(f"train.smoothing = {t.smoothing} (needs 0 <= value < 1)")
+    if not 0.0 < t.sv_rate < 1.0:
+        bad.append(f"train.sv_rate = {t.sv_rate} (needs 0 < value < 1: validation scores it)")
     for name, value in {"train.lr": t.lr, "model.cell_clip": m.cell_clip}.items():
         if value <= 0:
             bad.append(f"{name} = {value} (must be > 0)")
