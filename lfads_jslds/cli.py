@@ -285,16 +285,24 @@ def evaluate(run: RunArg) -> None:
     _run(lambda: _evaluate_stage(run))
 
 
-def _analyze_stage(run: Path, rule: str = "motion") -> None:
+def _analyze_stage(
+    run: Path, rule: str = "motion", jpca_window: tuple[float, float] | None = None
+) -> None:
     from lfads_jslds.analysis.report import ANALYSIS, analyze_run
 
-    s = analyze_run(run, rule)
-    tau = s["tau_s_median"]
+    s = analyze_run(run, rule, jpca_window)
+    tau, jp = s["tau_s_median"], s["jpca"]
+    jpca_text = (
+        f"jPCA skipped ({jp['skipped']})"
+        if "skipped" in jp
+        else f"jPCA {jp['rotation_hz']:.3g} Hz over {jp['bins_ms'][0]:g} to "
+        f"{jp['bins_ms'][1]:g} ms (R² skew {jp['r2_skew']:.2f})"
+    )
     typer.echo(
         f"dominant rotational mode ({s['dominant_rule']} rule): "
         f"{s['rotation_hz_median']:.3g} Hz median (IQR "
         f"{s['rotation_hz_iqr']:.3g}), tau {'inf' if tau is None else f'{tau:.3g} s'}; "
-        f"jPCA {s['jpca']['rotation_hz']:.3g} Hz (R² skew {s['jpca']['r2_skew']:.2f}); "
+        f"{jpca_text}; "
         f"median ‖F(e*)−e*‖ {s['fixed_point_residual_median']:.3g} ({s['expansion_points_source']})"
     )
     typer.echo(f"wrote {run / ANALYSIS}")
@@ -307,12 +315,22 @@ def analyze(
         DominantRule,
         typer.Option(
             help="How a bin's dominant rotating pair is chosen: the pair carrying the most "
-            "of the state's motion (λ−1 weighted) or of its deviation from e*."
+            "of the state's motion (λ−1 weighted) or of the deviation a_{t−1} − e*_t that "
+            "J_h acts on."
         ),
     ] = DominantRule.motion,
+    jpca_window: Annotated[
+        tuple[float, float] | None,
+        typer.Option(
+            metavar="START STOP",
+            help="jPCA's window in ms from the alignment event (inference.h5's align_field, "
+            "movement onset for MC_Maze); default -50 150 (Churchland et al. 2012). It must "
+            "lie inside the data's window.",
+        ),
+    ] = None,
 ) -> None:
     """Per-trial fixed points, Jacobian modes, rotations, jPCA and figures: RUN/analysis/."""
-    _run(lambda: _analyze_stage(run, dominant_rule.value))
+    _run(lambda: _analyze_stage(run, dominant_rule.value, jpca_window))
 
 
 @app.command("run")

@@ -12,7 +12,9 @@ from lfads_jslds.analysis.jpca import (
     fit_m_skew,
     jpca,
     rotation_frequency_hz,
+    window_bins,
 )
+from lfads_jslds.analysis.report import condition_jpca
 
 
 def _rot(theta):
@@ -262,6 +264,70 @@ def test_times_and_soft_normalization_options():
     sse = np.sum((dX - X @ c.m_skew.T) ** 2)
     np.testing.assert_allclose(c.r2_skew, 1 - sse / np.sum(dX**2), rtol=1e-10)
     assert abs(c.r2_skew - (1 - sse / np.sum((dX - dX.mean(axis=0)) ** 2))) > 1e-3
+
+
+# ---------------------------------------------------------------- window around movement onset
+
+MC_MAZE = {"bin_ms": 20, "window_ms": np.array([-250, 450]), "align_field": "move_onset_time"}
+
+
+def test_window_bins_are_the_bins_wholly_inside_the_window():
+    # Bin i spans [w0 + 20 i, w0 + 20 (i + 1)) ms: -50 is the start of bin 10 and +150
+    # the end of bin 19; at 5 ms, of bins 40 and 79.
+    assert window_bins((-50, 150), (-250, 450), 20) == slice(10, 20)
+    assert window_bins((-50, 150), (-250, 450), 5) == slice(40, 80)
+    assert window_bins((-250, 450), (-250, 450), 20) == slice(0, 35)
+    # Edges inside bins: bins starting at -240 + 20 i; the first wholly inside [-50, 150]
+    # is bin 10 ([-40, -20)), the last bin 18 ([120, 140)).
+    assert window_bins((-50, 150), (-240, 460), 20) == slice(10, 19)
+    with pytest.raises(ValueError, match=r"not inside the data's window_ms \[-80, 80\]"):
+        window_bins((-50, 150), (-80, 80), 20)
+    with pytest.raises(ValueError, match="start must come before"):
+        window_bins((100, 50), (-250, 450), 20)
+    with pytest.raises(ValueError, match="1 whole bins of 20 ms"):
+        window_bins((0, 30), (-250, 450), 20)  # [0, 30] holds only the bin [10, 30) whole
+
+
+def _rotation_inside_junk_outside(f0=3.0, dt=0.02, n_time=35, inside=slice(10, 20), seed=0):
+    """Factors ``[trial, time, 2]`` of 4 conditions (2 identical trials each).
+
+    Inside ``inside``: a pure rotation at ``f0``, the conditions' phases a quarter turn
+    apart (so the cross-condition mean is 0 and the states are isotropic); outside: noise.
+    """
+    rng = np.random.default_rng(seed)
+    theta = 2 * np.pi * f0 * dt
+    x = rng.normal(size=(4, n_time, 2))
+    k = np.arange(inside.stop - inside.start)
+    phase = np.pi / 2 * np.arange(4)[:, None] + theta * k
+    x[:, inside] = np.stack([np.cos(phase), np.sin(phase)], -1)
+    return np.repeat(x, 2, axis=0), np.repeat(np.arange(4), 2), theta
+
+
+def test_condition_jpca_analyses_exactly_the_bins_from_50_ms_before_to_150_after_onset():
+    factors, condition, theta = _rotation_inside_junk_outside()
+    jp, summary = condition_jpca(factors, condition, MC_MAZE)
+    np.testing.assert_array_equal(jp.times, np.arange(10, 20))
+    # x[t+1] = R x[t] exactly in the window: the free fit is (R − I)/Δt (R² = 1) and, the
+    # states being isotropic, the skew fit its skew part: ω = sin θ / Δt.
+    assert jp.r2_best == pytest.approx(1.0, abs=1e-12)
+    assert summary["rotation_hz"] == pytest.approx(np.sin(theta) / (2 * np.pi * 0.02), rel=1e-9)
+    assert summary["window_ms"] == [-50.0, 150.0] and summary["bins"] == [10, 20]
+    assert summary["bins_ms"] == [-50.0, 150.0] and summary["align_field"] == "move_onset_time"
+    assert summary["source"].startswith("default")
+    # The whole 700 ms (what analyze used before) mixes in the noise.
+    assert jpca(factors[::2], 0.02, n_pcs=2).r2_best < 0.5
+
+
+def test_condition_jpca_window_the_data_do_not_cover():
+    factors, condition, _ = _rotation_inside_junk_outside(n_time=8, inside=slice(1, 7))
+    short = {"bin_ms": 20, "window_ms": [-80, 80], "align_field": "move_onset_time"}
+    jp, summary = condition_jpca(factors, condition, short)  # the default: skipped, saying why
+    assert jp is None and "not inside the data's window_ms [-80, 80]" in summary["skipped"]
+    with pytest.raises(ValueError, match="not inside"):  # asked for: refused
+        condition_jpca(factors, condition, short, (-50, 150))
+    jp, summary = condition_jpca(factors, condition, short, (-60, 60))
+    np.testing.assert_array_equal(jp.times, np.arange(1, 7))
+    assert summary["source"] == "--jpca-window" and summary["bins_ms"] == [-60.0, 60.0]
 
 
 def test_bad_input_errors():

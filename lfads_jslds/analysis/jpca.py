@@ -58,12 +58,20 @@ import numpy as np
 import scipy.linalg
 
 __all__ = [
+    "CHURCHLAND_WINDOW_MS",
     "JPCAResult",
     "jpca",
+    "window_bins",
     "fit_m_best",
     "fit_m_skew",
     "rotation_frequency_hz",
 ]
+
+
+#: The analysed window in ms from movement onset: Churchland et al. (2012) fit jPCA
+#: from 50 ms before to 150 ms after it, the epoch whose dynamics drive the reach (a
+#: whole 700 ms trial adds the preparatory period and the end of the movement).
+CHURCHLAND_WINDOW_MS = (-50.0, 150.0)
 
 
 @dataclass(frozen=True)
@@ -222,6 +230,41 @@ def _orient_plane(Q: np.ndarray, start: np.ndarray, samples: np.ndarray) -> np.n
     if a1[np.argmax(np.abs(a1))] < 0:
         Q = -Q
     return Q
+
+
+def window_bins(
+    window_ms: tuple[float, float], data_window_ms: tuple[float, float], bin_ms: float
+) -> slice:
+    """The bins lying wholly inside ``window_ms`` (ms from the alignment event), as a slice.
+
+    The data's bin ``i`` spans ``[w0 + i·bin_ms, w0 + (i + 1)·bin_ms)`` ms with
+    ``(w0, w1) = data_window_ms``; a bin cut by an edge of ``window_ms`` is left out.
+    Raises ``ValueError`` unless ``start < stop``, the window lies inside the data's, and
+    it holds at least 2 bins (one difference for jPCA).
+    """
+    start, stop = (float(v) for v in window_ms)
+    w0, w1 = (float(v) for v in data_window_ms)
+    b = float(bin_ms)
+    if not (np.isfinite(start) and np.isfinite(stop) and start < stop):
+        raise ValueError(
+            f"jPCA window [{start:g}, {stop:g}] ms: its start must come before its stop"
+        )
+    if not (b > 0 and w0 < w1):
+        raise ValueError(f"bad data window [{w0:g}, {w1:g}] ms or bin width {b:g} ms")
+    if start < w0 or stop > w1:
+        raise ValueError(
+            f"jPCA window [{start:g}, {stop:g}] ms is not inside the data's window_ms "
+            f"[{w0:g}, {w1:g}]"
+        )
+    eps = 1e-9  # bin edges that coincide with the window's up to float round-off
+    first = int(np.ceil((start - w0) / b - eps))
+    end = int(np.floor((stop - w0) / b + eps))
+    if end - first < 2:
+        raise ValueError(
+            f"jPCA window [{start:g}, {stop:g}] ms holds {max(end - first, 0)} whole bins of "
+            f"{b:g} ms; jPCA needs at least 2"
+        )
+    return slice(first, end)
 
 
 def _resolve_times(times, n_time: int) -> np.ndarray:

@@ -6,8 +6,10 @@ Reads ``inference.h5`` (DESIGN §7) and the run's weights; writes ``analysis/``:
   when the median dominant mode does not decay), ``fixed_point_residual_median``
   (‖F(e*, 0) − e*‖), ``n_trials``, ``dt_s``, ``eig_sort``, ``expansion_points_source``,
   the distinct fixed points per trial, the numerical fixed-point comparison, jPCA's
-  frequency and R², and the full mode summary (``modes``: per condition, plane angles,
-  per trial; conventions in ``modes.conventions``).
+  frequency and R² with its window (−50 to +150 ms around movement onset unless
+  ``--jpca-window`` says otherwise; the bins used), and the full mode summary
+  (``modes``: per condition, plane angles, per trial; conventions in
+  ``modes.conventions``).
 - ``modes.h5``: per trial and bin the dominant rotational mode (frequency, τ, |λ|,
   share; chosen by ``dominant_rule`` from the deviation ``a_{t-1} − e*_t`` that J_h acts
   on, see ``analysis.modes``), the eigenvalues of J_h, and per trial the dominant plane.
@@ -33,7 +35,7 @@ import numpy as np
 
 from lfads_jslds.analysis import figures, jpca, modes
 from lfads_jslds.analysis.fixed_points import find_fixed_points
-from lfads_jslds.inference import load_inference
+from lfads_jslds.inference import INFERENCE, load_inference
 from lfads_jslds.io import atomic
 from lfads_jslds.io.h5 import save_h5_dict
 from lfads_jslds.models import lfads
@@ -62,15 +64,50 @@ def numerical_fixed_points(cell, states: np.ndarray, u_dim: int, seed: int = 0):
     return find_fixed_points(cell, starts.astype(np.float32), np.zeros(u_dim, np.float32))
 
 
-def _jpca(factors: np.ndarray, condition: np.ndarray, dt: float) -> tuple[Any, dict[str, Any]]:
-    """jPCA on condition-averaged factors ``[trial, time, factor]``, or why it was skipped."""
+def condition_jpca(
+    factors: np.ndarray,
+    condition: np.ndarray,
+    attrs: dict[str, Any],
+    window_ms: tuple[float, float] | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """jPCA on condition-averaged factors ``[trial, time, factor]`` over a window of bins.
+
+    ``attrs``: ``inference.h5``'s (``bin_ms``, ``window_ms`` of the data, ``align_field``).
+    ``window_ms``: (start, stop) in ms from the alignment event; the bins wholly inside it
+    are analysed (``jpca.window_bins``). None: ``jpca.CHURCHLAND_WINDOW_MS`` (−50 to
+    +150 ms), and jPCA is skipped, saying why, where the data do not cover it; a window
+    given explicitly that the data do not cover raises ``ValueError``. Returns the
+    result (None when skipped) and its JSON-safe summary: the window asked for, its
+    ``source``, ``align_field``, the analysed ``bins`` ([first, stop) in the data's
+    window) and the ms they span, then the frequency and R² or ``skipped``.
+    """
+    bin_ms, data_window = float(attrs["bin_ms"]), [float(v) for v in attrs["window_ms"]]
+    given = window_ms is not None
+    window = tuple(float(v) for v in window_ms) if given else jpca.CHURCHLAND_WINDOW_MS
+    info: dict[str, Any] = {
+        "window_ms": list(window),
+        "source": "--jpca-window" if given else "default (Churchland et al. 2012)",
+        "align_field": str(attrs["align_field"]),
+        "data_window_ms": data_window,
+    }
+    try:
+        bins = jpca.window_bins(window, data_window, bin_ms)
+    except ValueError as err:
+        if given:
+            raise
+        return None, info | {"skipped": str(err)}
+    info |= {
+        "bins": [bins.start, bins.stop],
+        "bins_ms": [data_window[0] + bins.start * bin_ms, data_window[0] + bins.stop * bin_ms],
+    }
     labels = np.unique(condition)
     if labels.size < 2 or factors.shape[-1] < 2:
         why = "fewer than 2 conditions" if labels.size < 2 else "fewer than 2 factors"
-        return None, {"skipped": why}
+        return None, info | {"skipped": why}
     cond_mean = np.stack([factors[condition == c].mean(0) for c in labels])
-    jp = jpca.jpca(cond_mean, dt, n_pcs=min(6, factors.shape[-1] // 2 * 2))
-    return jp, {
+    n_pcs = min(6, factors.shape[-1] // 2 * 2)
+    jp = jpca.jpca(cond_mean, bin_ms / 1000.0, n_pcs=n_pcs, times=bins)
+    return jp, info | {
         "rotation_hz": jpca.rotation_frequency_hz(jp),
         "r2_skew": jp.r2_skew,
         "r2_best": jp.r2_best,
@@ -78,10 +115,15 @@ def _jpca(factors: np.ndarray, condition: np.ndarray, dt: float) -> tuple[Any, d
     }
 
 
-def analyze_run(run: Path, rule: str = "motion") -> dict[str, Any]:
+def analyze_run(
+    run: Path, rule: str = "motion", jpca_window_ms: tuple[float, float] | None = None
+) -> dict[str, Any]:
     """Write ``analysis/`` for ``run``; returns the summary.
 
     ``rule``: how the dominant rotating pair of a bin is chosen (``modes.RULES``).
+    ``jpca_window_ms``: jPCA's window in ms from the alignment event (None: −50 to +150
+    ms, see :func:`condition_jpca`); one the data do not cover is refused before the
+    long work.
     """
     modes.check_rule(rule)  # before any long work
     run = Path(run)
@@ -101,6 +143,12 @@ def analyze_run(run: Path, rule: str = "motion") -> dict[str, Any]:
     cell = lambda h, u: cell_fn(gen, h, u)  # noqa: E731
     n_trials = inf["rates"].shape[0]
     condition = _conditions(data.tensors, n_trials)
+    try:  # jPCA is quick: a window the data lack is refused before the modes' long work
+        jp, jpca_summary = condition_jpca(  # the generating path's factors
+            inf["factors"], condition, attrs, jpca_window_ms
+        )
+    except ValueError as err:
+        raise RunFolderError(f"{run / INFERENCE}: {err} (--jpca-window)") from None
 
     mode = lfads.GENERATORS[cfg.model.generator]
     # the finder starts from the generating path's states (a for slds, g otherwise)
@@ -132,7 +180,6 @@ def analyze_run(run: Path, rule: str = "motion") -> dict[str, Any]:
     distinct = modes.count_distinct(points, DISTINCT_TOL)
     overall = mode_summary["overall"]
 
-    jp, jpca_summary = _jpca(inf["factors"], condition, dt)
     summary: dict[str, Any] = {
         "rotation_hz_median": overall["freq_hz"]["median"],
         "rotation_hz_iqr": overall["freq_hz"]["iqr"],
@@ -183,12 +230,13 @@ def analyze_run(run: Path, rule: str = "motion") -> dict[str, Any]:
             "expansion_points_source": source,
         },
     )
-    _figures(out / "figures", inf, data, m, jp, condition, points, states, dt, attrs)
+    jp_ms = jpca_summary.get("bins_ms")
+    _figures(out / "figures", inf, data, m, jp, jp_ms, condition, points, states, dt, attrs)
     atomic.write_text(out / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 
-def _figures(folder, inf, data, m, jp, condition, points, states, dt, attrs) -> None:
+def _figures(folder, inf, data, m, jp, jp_ms, condition, points, states, dt, attrs) -> None:
     n_t = points.shape[1]
     times = (float(attrs["window_ms"][0]) / 1000.0) + dt * (np.arange(n_t) + 0.5)
     figures.eigenvalue_spectra(m.eigenvalues, condition, times, folder / "eigenvalues.png")
@@ -209,7 +257,8 @@ def _figures(folder, inf, data, m, jp, condition, points, states, dt, attrs) -> 
             jp.projection,
             np.arange(jp.projection.shape[0]),
             folder / "rosette_jpca.png",
-            f"jPCA plane 1 of condition-averaged factors ({jpca.rotation_frequency_hz(jp):.2f} Hz)",
+            f"jPCA plane 1 of condition-averaged factors, {jp_ms[0]:g} to {jp_ms[1]:g} ms "
+            f"({jpca.rotation_frequency_hz(jp):.2f} Hz)",
         )
     figures.expansion_points_pca(states, points, condition, folder / "expansion_points_pca.png")
     trial = 0
