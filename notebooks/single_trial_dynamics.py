@@ -21,7 +21,9 @@
 # `lfads-jslds analyze RUN` (part of `make demo`) writes `RUN/analysis/`; this notebook
 # reads it. Conventions: Δt in seconds, frequencies in Hz, eigenvalues sorted by |λ|
 # descending; the dominant rotational mode of a bin is the complex pair carrying the
-# largest modal amplitude of `a − e*`.
+# most of the state's modal motion, from the deviation `a_{t−1} − e*_t` that J_h acts on
+# (`analysis.modes`). jPCA runs on condition-averaged factors from 50 ms before to 150 ms
+# after movement onset unless `analyze --jpca-window` said otherwise (`summary["jpca"]`).
 
 # %%
 import json
