@@ -11,10 +11,10 @@ function serves all); samples are accumulated in a ``lax.scan``: memory is bound
 one batch × one sample, whatever the number of trials.
 
 ``inference.h5`` (DESIGN §7): ``rates`` [trial, T_obs, neuron] and ``rates_forward``
-[trial, T_fwd, neuron] in spikes per bin, neurons in NWB unit-id order (``unit_ids``;
-``heldout`` flags them); ``trial_ids`` (NWB trials-table ids), ``split`` ("train", and
-"val" or "test" after the tensor file's phase); over the observed window: ``factors``,
-``gen_states``, ``jslds_states``,
+[trial, T_fwd, neuron] in spikes per bin, neurons in NWB units-table order (``unit_ids``;
+``heldout`` flags them; see ``unit_order``); ``trial_ids`` (NWB trials-table ids),
+``split`` ("train", and "val" or "test" after the tensor file's phase); over the observed
+window: ``factors``, ``gen_states``, ``jslds_states``,
 ``expansion_points``, ``fixed_point_residual`` (‖F(e*, 0) − e*‖, [trial, T_obs]),
 ``inferred_inputs``. ``rates``, ``rates_forward`` and ``factors`` are the generating
 path's (``models.lfads.GENERATORS``: the JSLDS a path for ``slds``, the RNN g path
@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from lfads_jslds.data.nwb import open_hdf5
+from lfads_jslds.data.nwb import DataError, open_hdf5
 from lfads_jslds.io.h5 import read_group, save_h5_dict
 from lfads_jslds.io.nwb_rates import (
     NLB_DATASETS,
@@ -127,14 +127,39 @@ def infer_trials(
 
 
 def unit_order(tensors: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(permutation from model order to unit-id order, sorted unit ids, held-out flags)."""
-    ids = np.concatenate([tensors["heldin_unit_ids"], tensors["heldout_unit_ids"]])
-    heldout = np.r_[
-        np.zeros(len(tensors["heldin_unit_ids"]), bool),
-        np.ones(len(tensors["heldout_unit_ids"]), bool),
-    ]
-    order = np.argsort(ids, kind="stable")
-    return order, ids[order], heldout[order]
+    """(permutation, unit ids, held-out flags) taking the model's neurons to ``inference.h5``.
+
+    The model's neurons are in tensor order: held-in then held-out, each group in
+    units-table row order. ``inference.h5`` puts them in the NWB units-table order:
+    ``rates[..., k] = model_rates[..., perm[k]]`` is unit ``unit_ids[k]``. The table order
+    is the tensors' ``unit_ids`` (``prepare`` records it); without it, ascending ids (NWB's
+    default) when each group's ids ascend, else the tensor order itself. Every choice keeps
+    each group's own order, so ``submission_from_inference`` recovers the tensors' held-in
+    and held-out order from the ``heldout`` flags alone, as the targets and PSTHs have it.
+    """
+    groups = [np.asarray(tensors[f"{g}_unit_ids"]) for g in ("heldin", "heldout")]
+    ids = np.concatenate(groups)
+    heldout = np.repeat([False, True], [g.size for g in groups])
+    if "unit_ids" in tensors:
+        table = np.asarray(tensors["unit_ids"])
+    elif all(np.all(np.diff(g) > 0) for g in groups):
+        table = np.sort(ids)
+    else:
+        table = ids
+    where = {int(u): k for k, u in enumerate(ids)}
+    if len(where) != ids.size or sorted(where) != sorted(table.tolist()):
+        raise DataError(
+            "tensors: unit_ids must list each of heldin_unit_ids and heldout_unit_ids once "
+            f"({table.size} ids for {ids.size} units)"
+        )
+    perm = np.array([where[int(u)] for u in table], dtype=np.int64)
+    for flag, group in zip((False, True), groups, strict=True):
+        if not np.array_equal(ids[perm][heldout[perm] == flag], group):
+            raise DataError(
+                "tensors: unit_ids orders the units of a group differently from "
+                "heldin_unit_ids / heldout_unit_ids"
+            )
+    return perm, ids[perm], heldout[perm]
 
 
 def nlb_name(source: Path | None, bin_ms: int) -> str:
@@ -150,7 +175,8 @@ def nlb_name(source: Path | None, bin_ms: int) -> str:
 
 
 def submission_from_inference(inf: dict[str, Any]) -> dict[str, np.ndarray]:
-    """NLB submission arrays (held-in / held-out, train / eval) from ``inference.h5``."""
+    """NLB submission arrays (held-in / held-out, train / eval) from ``inference.h5``; each
+    group's neurons come out in the tensors' order (``unit_order`` keeps it)."""
     heldout = np.asarray(inf["heldout"], bool)
     split = np.asarray(inf["split"]).astype(str)
     out = {}

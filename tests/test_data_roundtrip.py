@@ -1,5 +1,7 @@
-"""synth → prepare → metrics: the ground truth scores above the smoothing baseline."""
+"""synth → prepare → metrics: the ground truth scores above the smoothing baseline, and
+scores do not depend on how units are numbered."""
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -8,9 +10,10 @@ from typer.testing import CliRunner
 
 from lfads_jslds import config as config_lib
 from lfads_jslds.cli import app
-from lfads_jslds.data.nwb import read_session
+from lfads_jslds.data.nwb import DataError, read_session
 from lfads_jslds.data.prepare import prepare, read_tensors, write_tensors
 from lfads_jslds.data.synth import read_ground_truth, true_rates_per_bin
+from lfads_jslds.inference import submission_from_inference, unit_order
 from lfads_jslds.metrics import bits_per_spike, evaluate, smoothing_baseline
 from lfads_jslds.training import lfads_trainer
 from lfads_jslds.training.run_config import RunConfig
@@ -33,6 +36,8 @@ def test_prepare_command_writes_nlb_tensors_and_never_overwrites(session, tmp_pa
     assert tensors["train_spikes_heldin"].shape[1:] == (140, 107)
     assert tensors["eval_spikes_heldout_forward"].shape[1:] == (40, 35)
     assert attrs["bin_ms"] == 5 and attrs["align_field"] == "move_onset_time"
+    # not an NLB file name: the generic row's PSTH kernel, the lag given
+    assert (attrs["dataset"], attrs["lag_ms"], attrs["psth_kern_sd_ms"]) == ("generic", 120, 50)
     before = out.read_bytes()
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 1 and "already exists" in again.output
@@ -92,3 +97,55 @@ def test_a_run_made_from_nwb_finds_its_data_after_a_move_and_from_any_directory(
     assert found == source == session.resolve()
     np.testing.assert_array_equal(data.train_input, made.train_input)
     np.testing.assert_array_equal(data.train_target, made.train_target)
+
+
+def test_scores_and_rates_follow_units_whose_ids_do_not_ascend(session):
+    """The true rates, given as the model would (tensor order), scored once with the file's
+    ascending unit ids and once with the ids shuffled: identical scores, and inference
+    order is the units table's, each column its own unit's rates."""
+    data = read_session(session, behavior=["hand_vel"])
+    truth = read_ground_truth(session)
+    trial_row = {int(t): i for i, t in enumerate(truth.trial_ids)}
+    obs = true_rates_per_bin(truth, 20)  # [trial, bin, unit]: units in table order
+    fwd = true_rates_per_bin(truth, 20, (450, 650))
+    shuffled = np.random.default_rng(0).permutation(data.units.n_units) * 3 + 7
+    scores = {}
+    for name, ids in (("ascending", data.units.ids), ("shuffled", shuffled)):
+        renamed = dataclasses.replace(data, units=dataclasses.replace(data.units, ids=ids))
+        tensors = prepare(renamed, bin_ms=20, lag_ms=120)
+        trials = [
+            trial_row[int(t)] for t in np.r_[tensors["train_trial_ids"], tensors["eval_trial_ids"]]
+        ]
+        col = {int(u): i for i, u in enumerate(ids)}  # unit id -> table row
+        model_units = [
+            col[int(u)] for u in np.r_[tensors["heldin_unit_ids"], tensors["heldout_unit_ids"]]
+        ]
+        perm, unit_ids, heldout = unit_order(tensors)
+        np.testing.assert_array_equal(unit_ids, ids)  # the units table's order
+        np.testing.assert_array_equal(heldout, data.units.heldout)
+        inf = {
+            "rates": obs[trials][:, :, model_units][:, :, perm],
+            "rates_forward": fwd[trials][:, :, model_units][:, :, perm],
+            "heldout": heldout,
+            "split": np.repeat(
+                ["train", "val"], [len(tensors["train_trial_ids"]), len(tensors["eval_trial_ids"])]
+            ),
+        }
+        units_of = [col[int(u)] for u in unit_ids]
+        np.testing.assert_array_equal(inf["rates"], obs[trials][:, :, units_of])
+        scores[name] = evaluate(submission_from_inference(inf), tensors)
+    for key in ("co-bps", "fp-bps", "vel R2", "psth R2"):
+        assert scores["shuffled"][key] == scores["ascending"][key], key
+    assert scores["ascending"]["co-bps"] > 0  # the true rates beat the null
+
+
+def test_unit_order_keeps_each_group_in_tensor_order():
+    held = {"heldin_unit_ids": np.array([5, 2]), "heldout_unit_ids": np.array([9])}
+    perm, ids, heldout = unit_order({**held, "unit_ids": np.array([5, 9, 2])})
+    assert (perm.tolist(), ids.tolist(), heldout.tolist()) == ([0, 2, 1], [5, 9, 2], [0, 1, 0])
+    perm, ids, _ = unit_order(held)  # no table order recorded, held-in ids do not ascend
+    assert (perm.tolist(), ids.tolist()) == ([0, 1, 2], [5, 2, 9])
+    with pytest.raises(DataError, match="orders the units of a group differently"):
+        unit_order({**held, "unit_ids": np.array([2, 9, 5])})
+    with pytest.raises(DataError, match="must list each of"):
+        unit_order({**held, "unit_ids": np.array([2, 9])})
