@@ -41,7 +41,14 @@ def main() -> None:
     times = {}
     t0 = time.perf_counter()
     m = modes.jacobian_modes(
-        cell, params, points, args.co_dim, 0.005, states=states, chunk=args.chunk
+        cell,
+        params,
+        points,
+        args.co_dim,
+        0.005,
+        states=states,
+        initial=states[:, 0],  # a_0: any state of the same law
+        chunk=args.chunk,
     )
     times["jacobian_modes"] = time.perf_counter() - t0
     t0 = time.perf_counter()
