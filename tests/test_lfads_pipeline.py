@@ -325,6 +325,7 @@ def test_run_writes_the_documented_outputs(tmp_path, tensors_file):
     np.testing.assert_array_equal(heldout, np.isin(expected, ids["heldout_unit_ids"]))
     assert list(split) == ["train"] * n_tr + ["val"] * n_ev
     assert attrs["bin_ms"] == 20 and list(attrs["window_ms"]) == [-80, 80]
+    assert attrs["generating_path"] == "rnn" and "rates_rnn" not in shapes  # jslds: g generates
     metrics = json.loads((run / "metrics.json").read_text())
     for key in ("co-bps", "fp-bps", "split", "smoothing_baseline", "jslds_path", "jslds"):
         assert key in metrics
@@ -360,6 +361,28 @@ def test_run_writes_the_documented_outputs(tmp_path, tensors_file):
     # a second infer or evaluate never overwrites
     again = runner.invoke(app, ["infer", str(run), "--no-progress"])
     assert again.exit_code == 1 and "already exists" in again.output
+
+
+def test_an_slds_run_reports_the_jslds_path_and_keeps_the_rnn_path_beside(tmp_path, tensors_file):
+    """slds: the a path generates, so it is ``rates`` and the headline metrics; the g path's
+    rates are ``rates_rnn`` and its metrics ``rnn_path``."""
+    run = tmp_path / "run"
+    sets = TINY + ["model.generator=slds", "train.max_epochs=2", "infer.posterior_mean=true"]
+    args = ["train", str(tensors_file), "--out", str(run), "--no-progress"]
+    assert runner.invoke(app, args + [a for s in sets for a in ("--set", s)]).exit_code == 0
+    assert runner.invoke(app, ["infer", str(run), "--no-progress"]).exit_code == 0
+    result = runner.invoke(app, ["evaluate", str(run)])
+    assert result.exit_code == 0, result.output
+    assert "rnn path" in result.output
+    with h5py.File(run / "inference.h5") as f:
+        keys, attrs = set(f), dict(f.attrs)
+        rates, rates_rnn = f["rates"][()], f["rates_rnn"][()]
+    assert attrs["generating_path"] == "jslds" and attrs["generator"] == "slds"
+    assert {"rates_rnn_forward", "gen_states", "jslds_states"} <= keys and "rates_jslds" not in keys
+    assert not np.allclose(rates, rates_rnn)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert "rnn_path" in metrics and "jslds_path" not in metrics
+    assert metrics["co-bps"] != metrics["rnn_path"]["co-bps"]
 
 
 def test_analysis_of_a_gru_run_falls_back_to_numerical_fixed_points(tmp_path, tensors_file):
