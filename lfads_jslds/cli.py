@@ -31,6 +31,45 @@ SetOption = Annotated[
         help="Config override key=value (e.g. train.lr=0.003; tasks: optim.lr=0.01); repeatable.",
     ),
 ]
+ValFractionOption = Annotated[
+    float | None,
+    typer.Option(
+        help="NWB input: draw this fraction of the trials as validation trials, in place of "
+        "the file's split (data.val_fraction).",
+    ),
+]
+HeldoutFractionOption = Annotated[
+    float | None,
+    typer.Option(
+        help="NWB input: hold out this fraction of the units at random, in place of the "
+        "file's heldout column (data.heldout_fraction).",
+    ),
+]
+HeldoutUnitsOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="ID,ID,...",
+        help="NWB input: hold out these unit ids instead (data.heldout_units).",
+    ),
+]
+SplitSeedOption = Annotated[
+    int | None,
+    typer.Option(help="Seed of the drawn trial and unit splits (data.split_seed; default 0)."),
+]
+
+
+def _unit_ids(text: str | None) -> list[int] | None:
+    """``--heldout-units 3,17,42`` as a list of ids."""
+    if text is None:
+        return None
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        from lfads_jslds.config import ConfigError
+
+        raise ConfigError(
+            f"--heldout-units {text!r}: expected unit ids separated by commas, e.g. 3,17,42"
+        ) from None
 
 
 @app.command("download")
@@ -93,6 +132,10 @@ def prepare(
     lfads_torch: Annotated[
         Path | None, typer.Option(help="Also export the lfads-torch HDF5 layout here.")
     ] = None,
+    val_fraction: ValFractionOption = None,
+    heldout_fraction: HeldoutFractionOption = None,
+    heldout_units: HeldoutUnitsOption = None,
+    split_seed: SplitSeedOption = None,
 ) -> None:
     """Bin spikes into NLB-style trial tensors aligned on movement onset."""
 
@@ -106,11 +149,23 @@ def prepare(
                 raise ConfigError(f"{target} already exists; choose another path")
         if phase not in ("val", "test"):
             raise ConfigError(f"--phase must be val or test, got {phase!r}")
-        tensors, _ = tensors_from_nwb(nwb, out, bin_ms, lag_ms, phase)
+        tensors, _ = tensors_from_nwb(
+            nwb,
+            out,
+            bin_ms,
+            lag_ms,
+            phase,
+            val_fraction=val_fraction,
+            heldout_fraction=heldout_fraction,
+            heldout_units=_unit_ids(heldout_units),
+            split_seed=split_seed or 0,
+        )
         if lfads_torch is not None:
             export_lfads_torch(lfads_torch, tensors)
         shapes = ", ".join(
-            f"{k} {tuple(tensors[k].shape)}" for k in ("train_spikes_heldin", "eval_spikes_heldout")
+            f"{k} {tuple(tensors[k].shape)}"
+            for k in ("train_spikes_heldin", "eval_spikes_heldout")
+            if k in tensors  # phase test: no eval held-out spikes
         )
         typer.echo(f"wrote {out.resolve()} ({shapes})")
 
@@ -213,10 +268,37 @@ ConfigOption = Annotated[
     typer.Option(help="YAML config (e.g. pipelines/configs/synthetic_demo.yaml)."),
 ]
 RunArg = Annotated[Path, typer.Argument(help="Run folder made by `train`.")]
-DataArg = Annotated[Path, typer.Argument(help="NWB session or NLB tensor file (from `prepare`).")]
+DataArg = Annotated[
+    Path, typer.Argument(help="NWB session, or a tensor file from `prepare` or nlb_tools.")
+]
 OutOption = Annotated[Path, typer.Option(help="Run folder to create (or continue with --resume).")]
 ResumeOption = Annotated[bool, typer.Option(help="Continue the run in --out.")]
 ProgressOption = Annotated[bool, typer.Option(help="Show progress bars.")]
+BinMsOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Bin width in ms (data.bin_ms). NWB input: cut at this width (default 20); "
+        "tensor file: must agree with the file (needed where it does not say).",
+    ),
+]
+
+
+def _data_overrides(
+    bin_ms: int | None,
+    val_fraction: float | None,
+    heldout_fraction: float | None,
+    heldout_units: str | None,
+    split_seed: int | None,
+) -> list[str]:
+    """The data options as ``--set`` overrides (they win over --config and --set)."""
+    values = {
+        "bin_ms": bin_ms,
+        "val_fraction": val_fraction,
+        "heldout_fraction": heldout_fraction,
+        "heldout_units": _unit_ids(heldout_units),
+        "split_seed": split_seed,
+    }
+    return [f"data.{k}={v}" for k, v in values.items() if v is not None]
 
 
 class DominantRule(enum.StrEnum):
@@ -227,7 +309,7 @@ class DominantRule(enum.StrEnum):
 
 
 def _train_stage(
-    data: Path, out: Path, config: Path | None, set_: list[str] | None, resume: bool, progress: bool
+    data: Path, out: Path, config: Path | None, overrides: list[str], resume: bool, progress: bool
 ) -> None:
     from lfads_jslds import config as config_lib
     from lfads_jslds.training import lfads_trainer
@@ -236,7 +318,7 @@ def _train_stage(
     base = RunConfig()
     if resume and (out / lfads_trainer.CONFIG).exists():
         base = lfads_trainer.load_config(out)
-    cfg = config_lib.resolve(base, config, list(set_ or []))
+    cfg = config_lib.resolve(base, config, overrides)
     loaded, _ = lfads_trainer.prepare_run(out, cfg, data, resume)
     summary = lfads_trainer.train(cfg, out, loaded, resume=resume, progress=progress)
     typer.echo(
@@ -268,9 +350,19 @@ def train(
     set_: SetOption = None,
     resume: ResumeOption = False,
     progress: ProgressOption = True,
+    bin_ms: BinMsOption = None,
+    val_fraction: ValFractionOption = None,
+    heldout_fraction: HeldoutFractionOption = None,
+    heldout_units: HeldoutUnitsOption = None,
+    split_seed: SplitSeedOption = None,
 ) -> None:
     """Train LFADS-JSLDS (or plain LFADS: --set model.generator=gru) on spiking data."""
-    _run(lambda: _train_stage(data, out, config, set_, resume, progress))
+    options = (bin_ms, val_fraction, heldout_fraction, heldout_units, split_seed)
+    _run(
+        lambda: _train_stage(
+            data, out, config, [*(set_ or []), *_data_overrides(*options)], resume, progress
+        )
+    )
 
 
 @app.command("infer")
@@ -341,11 +433,18 @@ def run_all(
     set_: SetOption = None,
     resume: ResumeOption = False,
     progress: ProgressOption = True,
+    bin_ms: BinMsOption = None,
+    val_fraction: ValFractionOption = None,
+    heldout_fraction: HeldoutFractionOption = None,
+    heldout_units: HeldoutUnitsOption = None,
+    split_seed: SplitSeedOption = None,
 ) -> None:
     """All stages: train, infer, evaluate, analyze; prints a summary and the run folder."""
+    options = (bin_ms, val_fraction, heldout_fraction, heldout_units, split_seed)
 
     def go() -> None:
-        _train_stage(data, out, config, set_, resume, progress)
+        overrides = [*(set_ or []), *_data_overrides(*options)]
+        _train_stage(data, out, config, overrides, resume, progress)
         _infer_stage(out, progress)
         _evaluate_stage(out)
         _analyze_stage(out)

@@ -36,8 +36,9 @@ import json
 import math
 import shutil
 import time
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -273,13 +274,28 @@ def prepare_run(
     try:
         if nwb:
             tensors_path = run / DATA_FILE
+            d = cfg.data
             tensors, attrs = dataset.tensors_from_nwb(
-                data_path, tensors_path, cfg.data.bin_ms, cfg.data.lag_ms
+                data_path,
+                tensors_path,
+                d.bin_ms,
+                d.lag_ms,
+                val_fraction=d.val_fraction,
+                heldout_fraction=d.heldout_fraction,
+                heldout_units=d.heldout_units,
+                split_seed=d.split_seed,
             )
             data = dataset.from_tensors(tensors_path, tensors, attrs)
         else:
             tensors_path = data_path.resolve()
-            data = dataset.load(tensors_path)
+            data = dataset.load(tensors_path, cfg.data.bin_ms)
+            split = ("val_fraction", "heldout_fraction", "heldout_units")
+            given = [f"data.{k}" for k in split if getattr(cfg.data, k) is not None]
+            if given:
+                warnings.warn(
+                    f"{data_path}: a tensor file comes split; {', '.join(given)} not used",
+                    stacklevel=2,
+                )
         check_batch(data, cfg)
     except Exception:
         (run / DATA_FILE).unlink(missing_ok=True)  # nothing half-written stays behind
@@ -289,7 +305,9 @@ def prepare_run(
     source = data.attrs.get("source")  # the NWB the tensors were cut from, if recorded
     # the run's own data.h5 is named relative to the run, so the folder can move
     info = {"tensors": DATA_FILE if nwb else str(tensors_path), "source": source}
+    info["ids_positional"] = data.attrs.get("ids_positional", [])  # ids the file lacked
     atomic.write_text(run / DATA_INFO, json.dumps(info, indent=2))
+    cfg = replace(cfg, data=replace(cfg.data, bin_ms=data.bin_ms))  # as resolved: later stages
     atomic.write_text(run / CONFIG, config_lib.dump_yaml(cfg))
     return data, Path(source) if source else None
 
@@ -310,7 +328,8 @@ def load_run_data(run: Path) -> tuple[LFADSData, Path | None]:
         raise RunFolderError(f"{run} has no {DATA_INFO}: not a run folder made by `train`")
     info = json.loads(info_path.read_text())
     tensors = Path(info["tensors"])  # relative: inside the run folder, which may have moved
-    data = dataset.load(tensors if tensors.is_absolute() else Path(run) / tensors)
+    bin_ms = load_config(run).data.bin_ms  # as train resolved it (tensor files may lack it)
+    data = dataset.load(tensors if tensors.is_absolute() else Path(run) / tensors, bin_ms)
     return data, Path(info["source"]) if info.get("source") else None
 
 

@@ -15,10 +15,18 @@ from lfads_jslds.models.lfads import LFADSConfig, LossWeights
 
 @dataclass(frozen=True)
 class DataConfig:
-    """How an NWB input is cut (ignored when DATA is already a tensor file)."""
+    """How the input is cut. NWB: binned at ``bin_ms`` (None: 20 ms); the split options,
+    where given, replace the file's ``split`` / ``heldout`` columns, and are needed where
+    those say nothing usable (NLB's test files). Tensor files come cut: ``bin_ms``, where
+    given, must agree with what the file says; the split options do not apply.
+    """
 
-    bin_ms: int = 20
-    lag_ms: int | None = None  # behaviour lag; None: NLB's 100 ms
+    bin_ms: int | None = None
+    lag_ms: int | None = None  # behaviour lag; None: the dataset's NLB value
+    val_fraction: float | None = None  # of the trials, drawn as validation trials
+    heldout_fraction: float | None = None  # of the units, drawn as held-out units
+    heldout_units: tuple[int, ...] | None = None  # or these unit ids held out
+    split_seed: int = 0  # draws both (independent streams)
 
 
 @dataclass(frozen=True)
@@ -89,8 +97,9 @@ def validate(cfg: RunConfig) -> None:
         "train.max_bad_steps": t.max_bad_steps,
         "infer.samples": i.samples,
         "infer.batch_size": i.batch_size,
-        "data.bin_ms": cfg.data.bin_ms,
     }
+    if cfg.data.bin_ms is not None:
+        positive["data.bin_ms"] = cfg.data.bin_ms
     if m.co_dim > 0:
         positive.update({"model.ci_enc_dim": m.ci_enc_dim, "model.con_dim": m.con_dim})
     bad = [f"{k} = {v}" for k, v in positive.items() if v < 1]
@@ -110,6 +119,12 @@ def validate(cfg: RunConfig) -> None:
             bad.append(f"{name} = {value} (needs 0 <= value < 1)")
     if not 0.0 <= t.smoothing < 1.0:
         bad.append(f"train.smoothing = {t.smoothing} (needs 0 <= value < 1)")
+    for name in ("val_fraction", "heldout_fraction"):
+        value = getattr(cfg.data, name)
+        if value is not None and not 0.0 < value < 1.0:
+            bad.append(f"data.{name} = {value} (needs 0 < value < 1)")
+    if cfg.data.heldout_fraction is not None and cfg.data.heldout_units is not None:
+        bad.append("data.heldout_fraction and data.heldout_units (give one)")
     if not 0.0 < t.sv_rate < 1.0:
         bad.append(f"train.sv_rate = {t.sv_rate} (needs 0 < value < 1: validation scores it)")
     for name, value in {"train.lr": t.lr, "model.cell_clip": m.cell_clip}.items():
