@@ -4,7 +4,8 @@ held-out targets, so only what they allow is scored), with references.
 Keys (DESIGN §7): ``co-bps``, ``fp-bps``, ``vel R2``, ``psth R2`` (NLB's spellings) of the
 generating path's rates (``inference.h5``'s ``rates``: the JSLDS a path for ``slds``, the
 RNN g path otherwise), ``split`` ("val" or "test"), ``skipped`` (metrics whose inputs are
-absent); ``smoothing_baseline``: the same metrics for NLB's spike-smoothing baseline;
+absent); ``smoothing_baseline``: the same metrics for NLB's spike-smoothing baseline, with
+the ``kern_sd_ms`` and ``alpha`` it used and ``cv`` (see ``smoothing_reference``);
 the same for the other path's rates under ``jslds_path`` (``jslds``: the JSLDS path) or
 ``rnn_path`` (``slds``: the RNN path), with its ``rates_r2_vs_truth``; ``jslds``:
 ``mean_relative_error`` (‖a − g‖/‖g‖ over eval trials and bins) and
@@ -24,10 +25,12 @@ from typing import Any
 import numpy as np
 
 from lfads_jslds import metrics
+from lfads_jslds.data import nlb
 from lfads_jslds.inference import load_inference, rate_keys, submission_from_inference
 from lfads_jslds.io import atomic
 from lfads_jslds.models import lfads
 from lfads_jslds.training import lfads_trainer
+from lfads_jslds.training.run_config import EvaluateConfig
 from lfads_jslds.training.task_trainer import RunFolderError
 
 METRICS = "metrics.json"
@@ -66,6 +69,40 @@ def _truth_rates(source: Path, inf: dict[str, Any], attrs: dict[str, Any]) -> di
     return out  # neurons: the units table's order, which unit ids follow in synthetic files
 
 
+def smoothing_reference(
+    tensors: dict[str, Any], settings: EvaluateConfig, bin_ms: int, dataset: nlb.DatasetFacts
+) -> dict[str, Any]:
+    """NLB's smoothing baseline, scored as the model is, and the settings it used.
+
+    ``settings.smooth_cv``: the kernel s.d. and GLM alpha are chosen by ``metrics.smoothing_cv``
+    on the train trials alone; ``cv`` records ``folds``, the grid (``kern_sd_ms``,
+    ``alpha``) and ``co-bps`` [kernel][alpha] (mean over folds). Otherwise ``smooth_sd_ms``
+    and ``smooth_alpha`` (None: ``dataset``'s NLB values), and ``cv`` is None. The eval
+    trials' held-in spikes only feed the final predictions.
+    """
+    train_in, train_out = tensors["train_spikes_heldin"], tensors["train_spikes_heldout"]
+    cv = None
+    if settings.smooth_cv:
+        grid = [sd / bin_ms for sd in settings.smooth_cv_sd_ms]
+        chosen = metrics.smoothing_cv(
+            train_in, train_out, grid, settings.smooth_cv_alphas, settings.smooth_cv_folds
+        )
+        sd_ms, alpha = chosen["kern_sd_bins"] * bin_ms, chosen["alpha"]
+        cv = {
+            "folds": settings.smooth_cv_folds,
+            "kern_sd_ms": list(settings.smooth_cv_sd_ms),
+            "alpha": list(settings.smooth_cv_alphas),
+            "co-bps": chosen["co_bps"].tolist(),
+        }
+    else:
+        sd_ms = settings.smooth_sd_ms if settings.smooth_sd_ms is not None else dataset.smooth_sd_ms
+        alpha = settings.smooth_alpha if settings.smooth_alpha is not None else dataset.smooth_alpha
+    rates = metrics.smoothing_baseline(
+        train_in, train_out, tensors["eval_spikes_heldin"], sd_ms / bin_ms, alpha
+    )
+    return {**_nlb(rates, tensors), "kern_sd_ms": float(sd_ms), "alpha": float(alpha), "cv": cv}
+
+
 def evaluate_run(run: Path) -> dict[str, Any]:
     """Score a run's inference on its eval trials; writes ``metrics.json``."""
     run = Path(run)
@@ -78,14 +115,9 @@ def evaluate_run(run: Path) -> dict[str, Any]:
     result = _nlb(submission_from_inference(inf), tensors)
     result["split"] = "test" if data.attrs.get("phase") == "test" else "val"
     bin_ms = int(attrs["bin_ms"])
-    base = metrics.smoothing_baseline(
-        tensors["train_spikes_heldin"],
-        tensors["train_spikes_heldout"],
-        tensors["eval_spikes_heldin"],
-        kern_sd_bins=cfg.evaluate.smooth_sd_ms / bin_ms,
-        alpha=cfg.evaluate.smooth_alpha,
-    )
-    result["smoothing_baseline"] = _nlb(base, tensors)
+    dataset = data.attrs.get("dataset")
+    row = nlb.facts(str(dataset)) if dataset is not None else nlb.identify(source or data.path)
+    result["smoothing_baseline"] = smoothing_reference(tensors, cfg.evaluate, bin_ms, row)
     mode = lfads.GENERATORS[cfg.model.generator]
     val = inf["split"] != "train"
     others = {}  # "<name>_path" → the other path's rates, under the generating path's keys

@@ -16,20 +16,26 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from scipy.linalg.blas import ssyrk
 from scipy.signal import convolve
-from scipy.signal.windows import gaussian
 from scipy.special import gammaln
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import PoissonRegressor, Ridge
+from sklearn.linear_model import Ridge
 from sklearn.metrics import r2_score
 from sklearn.model_selection import GridSearchCV
 
+from lfads_jslds.data import nlb
 from lfads_jslds.io.h5 import load_h5_dict
 
 #: nlb_tools replaces exact-zero rates by this before taking logs (and clips GLM output to it).
 ZERO_RATE = 1e-9
 #: Ridge penalties nlb_tools' velocity decoder searches over (5-fold CV).
 RIDGE_ALPHAS = np.logspace(-4, 0, 9)
+#: GLM log-rates are capped here before ``exp`` (NLB clips predicted rates at 1e20 = e^46).
+_MAX_LOG_RATE = float(np.log(1e20))
+#: Above this many samples the GLM's Newton steps take the Hessian from every k-th sample
+#: only (gradient and objective stay exact, so the optimum does not move).
+HESSIAN_SAMPLES = 16384
 
 
 def _same_shape(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> None:
@@ -332,49 +338,138 @@ def evaluate(
     return result
 
 
-def _fit_poisson_glm(
-    train_x: np.ndarray, train_y: np.ndarray, eval_x: np.ndarray, alpha: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """One Poisson GLM per output column; max_iter 500, ×5 while unconverged (as NLB)."""
-    train_pred, eval_pred = [], []
-    for j in range(train_y.shape[1]):
-        max_iter = 500
-        while True:
-            glm = PoissonRegressor(alpha=alpha, max_iter=max_iter)
-            with warnings.catch_warnings():  # unconverged fits are retried below
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                glm.fit(train_x, train_y[:, j])
-            if glm.n_iter_ < max_iter or max_iter >= 10_000:
+def poisson_glm(
+    x: np.ndarray,
+    y: np.ndarray,
+    alpha: float,
+    init: np.ndarray | None = None,
+    tol: float = 1e-8,
+    max_iter: int = 100,
+) -> np.ndarray:
+    """Coefficients [1 + feature, output] (intercept first) of one Poisson GLM per column of y.
+
+    The objective of scikit-learn's ``PoissonRegressor(alpha)``, which NLB's baseline fits:
+    per output, the mean over its observed samples of ``exp(η) − y η`` (half the Poisson
+    deviance, up to a constant) plus ``alpha / 2 ‖w‖²``, the intercept unpenalised;
+    ``η = b + x w``. The outputs' problems are independent; all are solved at once by
+    Newton's method with backtracking, each until its Newton decrement ``g·H⁻¹g / 2`` (about
+    the objective's distance to its minimum) falls below ``tol``; past ``HESSIAN_SAMPLES``
+    samples the Hessian comes from a regular subsample (the gradient never does).
+    ``x``: [sample, feature]; ``y``: [sample, output] counts, NaN where unobserved;
+    ``init``: a starting point (e.g. the solution at a nearby ``alpha``).
+    """
+    xa = np.column_stack([np.ones(x.shape[0]), np.asarray(x, dtype=np.float64)])
+    y = np.asarray(y, dtype=np.float64)
+    seen = np.isfinite(y)
+    y = np.where(seen, y, 0.0)
+    n = np.maximum(seen.sum(0), 1).astype(np.float64)  # [output]
+    penalty = np.full(xa.shape[1], float(alpha))
+    penalty[0] = 0.0
+    if init is None:
+        coef = np.zeros((xa.shape[1], y.shape[1]))
+        coef[0] = np.log(np.maximum(y.sum(0) / n, ZERO_RATE))
+    else:
+        coef = np.array(init, dtype=np.float64)
+
+    def objective(c: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        eta = np.minimum(xa @ c, _MAX_LOG_RATE)
+        nll = (seen[:, cols] * np.exp(eta) - y[:, cols] * eta).sum(0) / n[cols]
+        return nll + 0.5 * (penalty[:, None] * c**2).sum(0)
+
+    active = np.arange(y.shape[1])
+    every = -(-xa.shape[0] // HESSIAN_SAMPLES)  # Hessian from every k-th sample
+    for _ in range(max_iter):
+        c = coef[:, active]
+        mu = seen[:, active] * np.exp(np.minimum(xa @ c, _MAX_LOG_RATE))  # [sample, active]
+        grad = xa.T @ (mu - y[:, active]) / n[active] + penalty[:, None] * c
+        hess = np.stack(
+            [
+                _gram(xa[::every], mu[::every, k]) * every / n[j] + np.diag(penalty)
+                for k, j in enumerate(active)
+            ]
+        )
+        step = -np.linalg.solve(hess, grad.T[..., None])[..., 0].T  # [1 + feature, active]
+        decrement = -0.5 * (grad * step).sum(0)
+        done = decrement < tol
+        coef[:, active[done]] = c[:, done]
+        active, c, grad, step = active[~done], c[:, ~done], grad[:, ~done], step[:, ~done]
+        if active.size == 0:
+            break
+        f0, slope = objective(c, active), (grad * step).sum(0)
+        size = np.ones(active.size)
+        for _ in range(50):  # backtracking (Armijo) line search, per output
+            trial = c + size * step
+            bad = objective(trial, active) > f0 + 1e-4 * size * slope
+            if not bad.any():
                 break
-            max_iter *= 5
-        if glm.n_iter_ >= max_iter:
-            warnings.warn(
-                f"held-out neuron {j}: Poisson GLM did not converge in {max_iter} iterations",
-                ConvergenceWarning,
-                stacklevel=3,
-            )
-        train_pred.append(glm.predict(train_x))
-        eval_pred.append(glm.predict(eval_x))
-    clip = (ZERO_RATE, 1e20)
-    return np.clip(np.stack(train_pred, -1), *clip), np.clip(np.stack(eval_pred, -1), *clip)
+            size = np.where(bad, size / 2, size)
+        coef[:, active] = c + size * step
+    else:
+        warnings.warn(
+            f"Poisson GLM: {active.size} output(s) not converged in {max_iter} Newton steps",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
+    return coef
+
+
+def _gram(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``xᵀ diag(w) x`` for w ≥ 0, by BLAS's symmetric rank-k update (half a matmul), in
+    float32: only Newton's direction depends on it, the gradient stays float64, so the
+    optimum reached is the same and the cost per step half."""
+    upper = ssyrk(1.0, (x * np.sqrt(w)[:, None]).astype(np.float32), trans=1)
+    return (upper + np.triu(upper, 1).T).astype(np.float64)
+
+
+def poisson_glm_predict(x: np.ndarray, coef: np.ndarray) -> np.ndarray:
+    """Rates [sample, output] of ``poisson_glm``'s coefficients, clipped to [1e-9, 1e20] as
+    NLB clips its GLM's predictions."""
+    eta = coef[0] + np.asarray(x, dtype=np.float64) @ coef[1:]
+    return np.clip(np.exp(np.minimum(eta, _MAX_LOG_RATE)), ZERO_RATE, 1e20)
 
 
 def gaussian_smooth(spikes: np.ndarray, kern_sd_bins: float) -> np.ndarray:
     """Acausal Gaussian smoothing along time of ``[trial, time, neuron]`` counts.
 
-    NLB's kernel: ``gaussian(int(6 sd), sd)`` normalised to sum 1, convolved per trial with
-    'same' alignment (zero padding at the trial edges, so edge bins read low).
+    NLB's kernel (``nlb.gaussian_window``: ``gaussian(int(6 sd), sd)`` normalised to sum 1),
+    convolved per trial with 'same' alignment (zero padding at the trial edges, so edge
+    bins read low).
     """
     spikes = np.asarray(spikes, dtype=float)
-    width = int(6 * kern_sd_bins)
-    if spikes.ndim != 3 or width < 1:
+    if spikes.ndim != 3 or int(6 * kern_sd_bins) < 1:
         raise ValueError(
             f"spikes has shape {spikes.shape} (need [trial, time, neuron]) and kern_sd_bins="
             f"{kern_sd_bins} (need 6·sd >= 1 bin)"
         )
-    window = gaussian(width, kern_sd_bins, sym=True)
-    window /= window.sum()
+    window = nlb.gaussian_window(kern_sd_bins)
     return convolve(spikes, window[None, :, None], mode="same", method="direct")
+
+
+def _check_baseline_inputs(
+    train_spikes_heldin: np.ndarray,
+    train_spikes_heldout: np.ndarray,
+    eval_spikes_heldin: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    tr_in = np.asarray(train_spikes_heldin, dtype=float)
+    tr_out = np.asarray(train_spikes_heldout, dtype=float)
+    if tr_in.ndim != 3 or tr_in.shape[:2] != tr_out.shape[:2] or tr_out.ndim != 3:
+        raise ValueError(
+            f"train_spikes_heldin has shape {tr_in.shape} but train_spikes_heldout has shape "
+            f"{tr_out.shape}; need [trial, time, neuron] with equal trial and time"
+        )
+    ev_shape = np.shape(eval_spikes_heldin)
+    if eval_spikes_heldin is not None and (len(ev_shape) != 3 or ev_shape[1:] != tr_in.shape[1:]):
+        raise ValueError(
+            f"eval_spikes_heldin has shape {ev_shape} but train_spikes_heldin has shape "
+            f"{tr_in.shape}; need equal time and neuron"
+        )
+    return tr_in, tr_out
+
+
+def _log_smooth(spikes: np.ndarray, kern_sd_bins: float, log_offset: float) -> np.ndarray:
+    """The baseline's GLM inputs [trial · time, neuron]: log of smoothed counts + offset."""
+    smooth = gaussian_smooth(spikes, kern_sd_bins)
+    return np.log(smooth.reshape(-1, spikes.shape[2]) + log_offset)
 
 
 def smoothing_baseline(
@@ -388,35 +483,72 @@ def smoothing_baseline(
     """NLB's spike-smoothing baseline; returns rates in the submission layout.
 
     Held-in rates are the Gaussian-smoothed held-in spikes (``gaussian_smooth``). Held-out
-    rates come from one Poisson GLM (``PoissonRegressor(alpha)``) per held-out neuron fitted
-    on train trials from ``log(smoothed held-in + log_offset)`` to held-out counts, with
-    trials and bins flattened to samples; predictions are clipped to [1e-9, 1e20].
-    NLB's settings (kernel sd, alpha): mc_maze 50 ms, 0.01; mc_maze_small/medium 60 ms,
-    0.1; mc_maze_large 40 ms, 0.1 (its script truncates sd/bin_ms to an int).
-    Inputs: ``[trial, time, neuron]`` counts per bin; outputs spikes per bin.
+    rates come from one Poisson GLM (``poisson_glm``, scikit-learn's
+    ``PoissonRegressor(alpha)`` objective) per held-out neuron fitted on train trials from
+    ``log(smoothed held-in + log_offset)`` to held-out counts, with trials and bins
+    flattened to samples; predictions are clipped to [1e-9, 1e20]. NLB's settings per
+    dataset (tuned at 5 ms) are in ``data.nlb``; ``smoothing_cv`` chooses them from the
+    train trials instead. Inputs: ``[trial, time, neuron]`` counts per bin; outputs spikes
+    per bin.
     """
-    tr_in = np.asarray(train_spikes_heldin, dtype=float)
-    tr_out = np.asarray(train_spikes_heldout, dtype=float)
+    tr_in, tr_out = _check_baseline_inputs(
+        train_spikes_heldin, train_spikes_heldout, eval_spikes_heldin
+    )
     ev_in = np.asarray(eval_spikes_heldin, dtype=float)
-    if tr_in.ndim != 3 or tr_in.shape[:2] != tr_out.shape[:2] or tr_out.ndim != 3:
-        raise ValueError(
-            f"train_spikes_heldin has shape {tr_in.shape} but train_spikes_heldout has shape "
-            f"{tr_out.shape}; need [trial, time, neuron] with equal trial and time"
-        )
-    if ev_in.ndim != 3 or ev_in.shape[1:] != tr_in.shape[1:]:
-        raise ValueError(
-            f"eval_spikes_heldin has shape {ev_in.shape} but train_spikes_heldin has shape "
-            f"{tr_in.shape}; need equal time and neuron"
-        )
-    train_smooth = gaussian_smooth(tr_in, kern_sd_bins)
-    eval_smooth = gaussian_smooth(ev_in, kern_sd_bins)
-    n_time, n_in, n_out = tr_in.shape[1], tr_in.shape[2], tr_out.shape[2]
-    train_x = np.log(train_smooth.reshape(-1, n_in) + log_offset)
-    eval_x = np.log(eval_smooth.reshape(-1, n_in) + log_offset)
-    train_pred, eval_pred = _fit_poisson_glm(train_x, tr_out.reshape(-1, n_out), eval_x, alpha)
+    n_time, n_out = tr_in.shape[1], tr_out.shape[2]
+    train_x = _log_smooth(tr_in, kern_sd_bins, log_offset)
+    eval_x = _log_smooth(ev_in, kern_sd_bins, log_offset)
+    coef = poisson_glm(train_x, tr_out.reshape(-1, n_out), alpha)
     return {
-        "train_rates_heldin": train_smooth,
-        "train_rates_heldout": train_pred.reshape(-1, n_time, n_out),
-        "eval_rates_heldin": eval_smooth,
-        "eval_rates_heldout": eval_pred.reshape(-1, n_time, n_out),
+        "train_rates_heldin": gaussian_smooth(tr_in, kern_sd_bins),
+        "train_rates_heldout": poisson_glm_predict(train_x, coef).reshape(-1, n_time, n_out),
+        "eval_rates_heldin": gaussian_smooth(ev_in, kern_sd_bins),
+        "eval_rates_heldout": poisson_glm_predict(eval_x, coef).reshape(-1, n_time, n_out),
+    }
+
+
+def smoothing_cv(
+    train_spikes_heldin: np.ndarray,
+    train_spikes_heldout: np.ndarray,
+    kern_sds_bins: Sequence[float],
+    alphas: Sequence[float],
+    n_folds: int = 3,
+    log_offset: float = 1e-4,
+) -> dict[str, Any]:
+    """The smoothing baseline's kernel s.d. and GLM alpha, chosen by k-fold CV on train trials.
+
+    As nlb_tools' ``smoothing_cv_sweep.py``: fold ``f`` holds out train trials
+    ``f, f + n_folds, ...``; the baseline is fitted on the others at every (kernel, alpha)
+    of the grid and scored by co-bps (``bits_per_spike`` of the held-out neurons) on the
+    held-out fold; scores are averaged over folds and the best pair wins. Only train
+    trials are read. Each GLM starts from the solution at the previous (larger) alpha.
+
+    Returns ``kern_sd_bins``, ``alpha`` (the choice), ``co_bps`` [kernel, alpha] (mean over
+    folds) and ``n_folds``.
+    """
+    tr_in, tr_out = _check_baseline_inputs(train_spikes_heldin, train_spikes_heldout)
+    n_trials, n_out = tr_in.shape[0], tr_out.shape[2]
+    if not 2 <= n_folds <= n_trials:
+        raise ValueError(f"n_folds: need 2 <= n_folds <= {n_trials} train trials, got {n_folds}")
+    folds = [np.arange(f, n_trials, n_folds) for f in range(n_folds)]
+    order = np.argsort(alphas)[::-1]  # strongest penalty first: each fit warm-starts the next
+    scores = np.zeros((len(kern_sds_bins), len(alphas), n_folds))
+    for i, sd in enumerate(kern_sds_bins):
+        x = _log_smooth(tr_in, sd, log_offset).reshape(n_trials, -1, tr_in.shape[2])
+        for f, held in enumerate(folds):
+            fit = np.setdiff1d(np.arange(n_trials), held)
+            x_fit, x_held = x[fit].reshape(-1, x.shape[2]), x[held].reshape(-1, x.shape[2])
+            y_fit = tr_out[fit].reshape(-1, n_out)
+            coef = None
+            for a in order:
+                coef = poisson_glm(x_fit, y_fit, alphas[a], init=coef)
+                rates = poisson_glm_predict(x_held, coef).reshape(held.size, -1, n_out)
+                scores[i, a, f] = bits_per_spike(rates, tr_out[held])
+    mean = scores.mean(2)
+    i, a = np.unravel_index(np.argmax(mean), mean.shape)
+    return {
+        "kern_sd_bins": float(kern_sds_bins[i]),
+        "alpha": float(alphas[a]),
+        "co_bps": mean,
+        "n_folds": n_folds,
     }
