@@ -36,14 +36,10 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from lfads_jslds.data import nlb
 from lfads_jslds.data.nwb import DataError, open_hdf5
 from lfads_jslds.io.h5 import read_group, save_h5_dict
-from lfads_jslds.io.nwb_rates import (
-    NLB_DATASETS,
-    nlb_dataset_name,
-    write_nlb_submission,
-    write_rates_nwb,
-)
+from lfads_jslds.io.nwb_rates import write_nlb_submission, write_rates_nwb
 from lfads_jslds.models import lfads
 from lfads_jslds.models.cells import lfads_gru
 from lfads_jslds.training import lfads_trainer
@@ -163,15 +159,12 @@ def unit_order(tensors: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 def nlb_name(source: Path | None, bin_ms: int) -> str:
-    """NLB's dataset group name when the source file names an NLB dataset, else ``custom``."""
-    text = str(source or "").lower().replace("-", "_")
-    for name in sorted(NLB_DATASETS, key=len, reverse=True):
-        if name in text:
-            try:
-                return nlb_dataset_name(name, bin_ms)
-            except ValueError:
-                break
-    return f"custom_{bin_ms}ms"
+    """NLB's dataset group name when the source file is an NLB dataset's (``nlb.identify``:
+    its NLB name, DANDI session tag or dandiset id) at a bin NLB uses, else ``custom``."""
+    row = nlb.identify(source)
+    if row is nlb.GENERIC or bin_ms not in nlb.BINS_MS:
+        return f"custom_{bin_ms}ms"
+    return row.nlb_name(bin_ms)
 
 
 def submission_from_inference(inf: dict[str, Any]) -> dict[str, np.ndarray]:

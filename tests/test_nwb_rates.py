@@ -12,6 +12,7 @@ import pytest
 
 from lfads_jslds.data import synth
 from lfads_jslds.data.nwb import DataError, read_session
+from lfads_jslds.inference import nlb_name
 from lfads_jslds.io.nwb_rates import (
     nlb_dataset_name,
     read_rates_nwb,
@@ -210,3 +211,22 @@ def test_nlb_dataset_names():
         nlb_dataset_name("mc_maze", 10)
     with pytest.raises(ValueError, match="not an NLB dataset"):
         nlb_dataset_name("mc_maze_tiny", 5)
+
+
+@pytest.mark.parametrize(
+    ("source", "bin_ms", "name"),
+    [
+        (
+            "d/000140/sub-Jenkins/sub-Jenkins_ses-small_desc-train_behavior+ecephys.nwb",
+            20,
+            "mc_maze_small_20",
+        ),
+        ("sub-Jenkins_ses-full_desc-train_behavior+ecephys.nwb", 5, "mc_maze"),
+        ("runs/mc_maze_large_20.h5", 20, "mc_maze_large_20"),
+        ("runs/synthetic_small.nwb", 20, "custom_20ms"),
+        ("sub-Jenkins_ses-small_desc-train_behavior+ecephys.nwb", 10, "custom_10ms"),
+        (None, 5, "custom_5ms"),
+    ],
+)
+def test_submission_group_is_named_from_the_source_file(source, bin_ms, name):
+    assert nlb_name(source, bin_ms) == name
