@@ -244,6 +244,8 @@ def prepare_run(
         saved = config_lib.update(
             RunConfig(), config_lib.load_yaml(run / CONFIG), str(run / CONFIG)
         )
+        if cfg.data.bin_ms is None:  # not given: the width this run's train resolved
+            cfg = replace(cfg, data=replace(cfg.data, bin_ms=saved.data.bin_ms))
         a, b = config_lib.to_dict(saved), config_lib.to_dict(cfg)
         for d in (a, b):
             for section in RESUMABLE_CHANGES:
