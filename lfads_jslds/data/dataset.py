@@ -129,11 +129,11 @@ def tensors_from_nwb(
 
 
 def _same(a: Any, b: Any) -> bool:
-    """Equal arrays (NaN equal to NaN), element by element for ragged ones."""
+    """Equal arrays up to float32 rounding (NaN equal to NaN), ragged ones element-wise."""
     a, b = np.asarray(a), np.asarray(b)
     if a.dtype == object or b.dtype == object:
         return a.shape == b.shape and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    return a.shape == b.shape and bool(np.array_equal(a, b, equal_nan=a.dtype.kind == "f"))
+    return a.shape == b.shape and bool(np.allclose(a, b, rtol=1e-6, atol=0, equal_nan=True))
 
 
 def read_tensor_file(path: Path) -> tuple[dict[str, Any], dict[str, Any], str | None]:
