@@ -172,10 +172,10 @@ def test_eval_heldin_training_never_sees_validation_or_heldout_entries(tmp_path,
     cfg = tiny_config("train.use_eval_heldin=true")
     data, _ = lfads_trainer.prepare_run(tmp_path / "run", cfg, tensors_file, resume=False)
     t = cfg.train
-    tx = lfads_trainer.make_optimizer(cfg, 1)
+    n_train, n_eval = data.train_input.shape[0], data.eval_input.shape[0]
+    tx = lfads_trainer.make_optimizer(cfg, (n_train + n_eval) // t.batch_size)  # as train's
     params, opt = lfads_trainer.init_state(cfg, data, tx)
     step = lfads_trainer.make_train_step(cfg, tx, data.n_fwd)
-    n_train, n_eval = data.train_input.shape[0], data.eval_input.shape[0]
     idx = jnp.arange(n_train, n_train + n_eval)  # a batch of eval trials only
 
     def after_one_step(d):
