@@ -158,7 +158,7 @@ def unit_order(tensors: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndar
     return perm, ids[perm], heldout[perm]
 
 
-def nlb_name(source: Path | None, bin_ms: int) -> str:
+def nlb_name(source: str | Path | None, bin_ms: int) -> str:
     """NLB's dataset group name when the source file is an NLB dataset's (``nlb.identify``:
     its NLB name, DANDI session tag or dandiset id) at a bin NLB uses, else ``custom``."""
     row = nlb.identify(source)
@@ -235,7 +235,9 @@ def infer_run(run: Path, progress: bool = True, write_nwb: bool = True) -> dict[
     save_h5_dict(run / INFERENCE, result, attrs)
     written = {"inference": run / INFERENCE}
     write_nlb_submission(
-        run / SUBMISSION, nlb_name(source, data.bin_ms), submission_from_inference(result)
+        run / SUBMISSION,
+        nlb_name(data.attrs.get("dataset") or source, data.bin_ms),  # named by the file or source
+        submission_from_inference(result),
     )
     written["submission"] = run / SUBMISSION
     if write_nwb and source is not None and Path(source).exists():

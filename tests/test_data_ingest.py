@@ -185,6 +185,8 @@ def test_an_nlb_tools_file_goes_through_every_stage(tmp_path, layout):
     assert np.isfinite(metrics["co-bps"]) and np.isfinite(metrics["psth R2"])
     assert set(metrics["skipped"]) == {"vel R2", "fp-bps"}  # what the file lacks
     assert (run / "analysis" / "summary.json").exists()
+    with h5py.File(run / "submission.h5") as f:  # nlb_tools scores it under this name
+        assert list(f) == [GROUP if layout == "nested" else "custom_20ms"]
     assert json.loads((run / "data.json").read_text())["ids_positional"] == ["trials", "units"]
     assert "bin_ms: 20" in (run / "config.yaml").read_text()  # as resolved, for later stages
 
