@@ -2,18 +2,22 @@
 
 One mechanism for every config in the project: a YAML mapping or a ``--set`` override
 is checked against the dataclass fields (unknown keys name their close matches; values
-of the wrong type are refused) before any work starts.
+of the wrong type are refused) before any work starts. Every float must be finite (a NaN
+learning rate would train to the end and leave NaN weights), and a field annotated
+``Annotated[float, Range(...)]`` (``Positive``, ``Rate``, ...) must lie in its range.
+``check`` applies the same rules to a config built in Python.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
 
@@ -35,6 +39,40 @@ _Loader.add_implicit_resolver(
 )
 
 
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """Where a float setting may lie, attached as ``Annotated[float, Range(...)]``.
+
+    ``low < value < high``; ``low_closed`` / ``high_closed`` admit the end itself.
+    """
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_closed: bool = False
+    high_closed: bool = False
+
+    def holds(self, value: float) -> bool:
+        above = value >= self.low if self.low_closed else value > self.low
+        below = value <= self.high if self.high_closed else value < self.high
+        return above and below
+
+    def __str__(self) -> str:
+        low = f"{self.low:g} {'<=' if self.low_closed else '<'} " if self.low > -math.inf else ""
+        high = f" {'<=' if self.high_closed else '<'} {self.high:g}" if self.high < math.inf else ""
+        return f"{low}value{high}"
+
+
+FINITE = Range()
+Positive = Annotated[float, Range(0.0)]
+NonNegative = Annotated[float, Range(0.0, low_closed=True)]
+#: Rates of dropout-like masks: 0 (off) up to, not including, 1 (everything masked).
+Rate = Annotated[float, Range(0.0, 1.0, low_closed=True)]
+#: Fractions that must leave something on both sides.
+Fraction = Annotated[float, Range(0.0, 1.0)]
+#: Per-step or per-epoch decay factors: 1 keeps the value, 0 would zero it.
+Decay = Annotated[float, Range(0.0, 1.0, high_closed=True)]
+
+
 def flat_keys(cls: type) -> list[str]:
     """All dotted field names of a (nested) config dataclass."""
     keys = []
@@ -54,9 +92,16 @@ def _unknown_key(key: str, cls: type, source: str) -> ConfigError:
     return ConfigError(f"{source}: unknown config key {key!r}{hint}")
 
 
-def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
-    """Check ``value`` against the annotation ``hint``; ints are accepted for floats."""
+def _coerce(value: Any, hint: Any, key: str, source: str, allowed: Range = FINITE) -> Any:
+    """Check ``value`` against the annotation ``hint``; ints are accepted for floats.
+
+    Floats must be finite and lie in ``allowed``, the ``Range`` an ``Annotated`` hint carries.
+    """
     origin = typing.get_origin(hint)
+    if origin is typing.Annotated:
+        inner, *extras = typing.get_args(hint)
+        ranges = [r for r in extras if isinstance(r, Range)]
+        return _coerce(value, inner, key, source, ranges[0] if ranges else allowed)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
         if value is None and type(None) in options:
@@ -65,9 +110,10 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
             if option is type(None):
                 continue
             try:
-                return _coerce(value, option, key, source)
+                return _coerce(value, option, key, source, allowed)
             except ConfigError:
-                pass
+                if float in (option, *typing.get_args(option)) and isinstance(value, int | float):
+                    raise  # a number out of range: say so, not "is not a float | None"
         raise ConfigError(f"{source}: {key} = {value!r} is not a {hint}")
     if origin is typing.Literal:
         if value not in typing.get_args(hint):
@@ -81,6 +127,10 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
         (item,) = typing.get_args(hint)[:1]
         return tuple(_coerce(v, item, f"{key}[]", source) for v in value)
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        if not (math.isfinite(value) and allowed.holds(value)):
+            what = "is out of range" if math.isfinite(value) else "is not a finite number"
+            fix = "a finite number" if allowed == FINITE else f"a value with {allowed}"
+            raise ConfigError(f"{source}: {key} = {value!r} {what}; give {fix}")
         return float(value)
     if hint in (int, str, bool) and type(value) is hint:
         return value
@@ -95,7 +145,7 @@ def update(cfg: T, values: dict[str, Any], source: str = "config", prefix: str =
         raise ConfigError(
             f"{source}: expected a mapping at {prefix or 'top level'}, got {values!r}"
         )
-    hints = typing.get_type_hints(type(cfg))
+    hints = typing.get_type_hints(type(cfg), include_extras=True)
     names = {f.name for f in dataclasses.fields(cfg)}
     changes = {}
     root = type(cfg)
@@ -116,6 +166,18 @@ def update(cfg: T, values: dict[str, Any], source: str = "config", prefix: str =
         else:
             changes[key] = _coerce(value, hints[key], dotted, source)
     return dataclasses.replace(cfg, **changes)
+
+
+def check(cfg: Any, source: str = "config", prefix: str = "") -> None:
+    """Apply the rules a file's values meet (types, finite floats, ranges) to ``cfg`` as it
+    stands, e.g. one built in Python; ConfigError naming ``source`` and the dotted key."""
+    hints = typing.get_type_hints(type(cfg), include_extras=True)
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            check(value, source, f"{prefix}{f.name}.")
+        else:
+            _coerce(value, hints[f.name], f"{prefix}{f.name}", source)
 
 
 def parse_overrides(overrides: list[str], cls: type) -> dict[str, Any]:

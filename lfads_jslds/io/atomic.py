@@ -5,10 +5,13 @@ Kept free of heavy imports (no jax) so data commands start fast.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def _umask() -> int:
@@ -38,3 +41,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Atomically write a text file."""
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def finite_json(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, ±Inf) as None: JSON has no NaN, and strict
+    parsers refuse the bare ``NaN`` that ``json.dumps`` writes by default."""
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite_json(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Atomically write ``obj`` as strict JSON (non-finite floats as null)."""
+    write_text(path, json.dumps(finite_json(obj), indent=2, allow_nan=False))

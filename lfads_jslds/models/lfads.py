@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lfads_jslds.config import NonNegative, Positive, Rate
 from lfads_jslds.models.cells import init_lfads_gru, lfads_gru, lfads_gru_projected
 from lfads_jslds.models.expansion import init_expansion
 from lfads_jslds.models.jslds import jslds_step
@@ -96,13 +97,13 @@ class LFADSConfig:
     gen_dim: int = 64
     fac_dim: int = 20
     ci_lag: int = 1  # bins
-    cell_clip: float = 5.0
+    cell_clip: Positive = 5.0
     expansion_layers: int = 2
-    dropout: float = 0.05
-    ic_prior_var: float = 0.1
-    ic_post_var_min: float = 1e-4
-    co_prior_tau: float = 10.0  # bins, initial value of the learned AR(1) time constant
-    co_prior_var: float = 0.1  # AR(1) innovation (process) variance, fixed (not learned)
+    dropout: Rate = 0.05
+    ic_prior_var: Positive = 0.1
+    ic_post_var_min: NonNegative = 1e-4
+    co_prior_tau: Positive = 10.0  # bins, initial value of the learned AR(1) time constant
+    co_prior_var: Positive = 0.1  # AR(1) innovation (process) variance, fixed (not learned)
 
 
 def _linear(key: jax.Array, n_out: int, n_in: int) -> Params:
@@ -379,15 +380,15 @@ class LossWeights:
     """λ weights and regulariser scales (DESIGN §3). ``gru`` ignores the JSLDS terms;
     ``slds`` sets λ_RNN to 0 itself."""
 
-    rnn: float = 1.0  # λ_RNN: NLL of the generator's rates
-    jslds: float = 1.0  # λ_JSLDS: NLL of the JSLDS path's rates
-    fixed_point: float = 1.0  # λ_e: Σ (F(e*, 0) − e*)²
-    approx: float = 1.0  # λ_a: Σ (g − a)²
-    kl_ic: float = 1.0
-    kl_co: float = 1.0
-    l2_gen: float = 1.0  # on the generator's recurrent weights (sum of squares / 2)
-    l2_con: float = 1.0  # on the controller's recurrent weights
-    l2_expansion: float = 0.0
+    rnn: NonNegative = 1.0  # λ_RNN: NLL of the generator's rates
+    jslds: NonNegative = 1.0  # λ_JSLDS: NLL of the JSLDS path's rates
+    fixed_point: NonNegative = 1.0  # λ_e: Σ (F(e*, 0) − e*)²
+    approx: NonNegative = 1.0  # λ_a: Σ (g − a)²
+    kl_ic: NonNegative = 1.0
+    kl_co: NonNegative = 1.0
+    l2_gen: NonNegative = 1.0  # on the generator's recurrent weights (sum of squares / 2)
+    l2_con: NonNegative = 1.0  # on the controller's recurrent weights
+    l2_expansion: NonNegative = 0.0
 
 
 def poisson_nll(log_rates: jax.Array, counts: jax.Array, grad_mask: jax.Array) -> jax.Array:

@@ -8,6 +8,8 @@ from typing import NamedTuple
 
 import jax
 
+from lfads_jslds.config import Decay, NonNegative, Positive, Rate
+
 
 class TaskBatch(NamedTuple):
     """``inputs [trial, time, in]``, ``targets [trial, time, out]``, ``mask [time]`` (bool)."""
@@ -38,11 +40,11 @@ class LossWeights:
     ``jslds = fixed_point = approx = 0`` trains a standard RNN; ``rnn = 0`` a pure SLDS.
     """
 
-    rnn: float = 1.0
-    jslds: float = 1.0
-    fixed_point: float = 100.0
-    approx: float = 10.0
-    l2: float = 0.0
+    rnn: NonNegative = 1.0
+    jslds: NonNegative = 1.0
+    fixed_point: NonNegative = 100.0
+    approx: NonNegative = 10.0
+    l2: NonNegative = 0.0
 
     @property
     def uses_jslds(self) -> bool:
@@ -55,12 +57,12 @@ class OptimConfig:
 
     steps: int = 40000
     batch_size: int = 256
-    lr: float = 0.02
-    lr_decay: float = 0.9999
-    adam_b1: float = 0.9
-    adam_b2: float = 0.999
-    adam_eps: float = 0.1
-    clip_norm: float = 10.0
+    lr: Positive = 0.02
+    lr_decay: Decay = 0.9999
+    adam_b1: Rate = 0.9
+    adam_b2: Rate = 0.999
+    adam_eps: Positive = 0.1
+    clip_norm: Positive = 10.0
     seed: int = 0
     checkpoint_every: int = 500
     log_every: int = 50

@@ -4,10 +4,11 @@ Determinism: batch order comes from ``fold_in(data_key, epoch)`` and every rando
 a step (coordinated dropout, dropout, posterior samples) from ``fold_in(step_key, step)``,
 so a run resumed from a checkpoint ends with the same weights as an uninterrupted one.
 
-NaN guard: a step whose loss or gradients are not finite leaves weights and optimiser
-state untouched; after ``max_bad_steps`` of them in a row the run rolls back to the last
-epoch that ended cleanly and halves the learning rate (``max_rollbacks`` times at most,
-then it stops with a message). Non-finite weights are never saved.
+NaN guard: a step whose loss, gradients or updated weights and optimiser state are not
+finite leaves weights and optimiser state untouched; after ``max_bad_steps`` of them in a
+row the run rolls back to the last epoch that ended cleanly and halves the learning rate
+(``max_rollbacks`` times at most, then it stops with a message). Non-finite weights are
+never saved.
 
 Validation never rewards copying input to output (lfads-torch's sample validation): a
 fixed random mask (``train.sv_rate`` of the entries, drawn once from ``train.seed``) picks
@@ -55,7 +56,7 @@ from lfads_jslds.io import atomic
 from lfads_jslds.models import lfads
 from lfads_jslds.training.checkpoints import Checkpoints
 from lfads_jslds.training.run_config import RunConfig, TrainConfig, validate
-from lfads_jslds.training.task_trainer import RunFolderError, trim_log
+from lfads_jslds.training.task_trainer import RunFolderError, all_finite, trim_log
 
 CONFIG, DATA_INFO, DATA_FILE, LOG, SUMMARY = (
     "config.yaml",
@@ -181,8 +182,7 @@ def make_train_step(
         updates, new_opt = tx.update(grads, opt_state, params)
         updates = jax.tree.map(lambda u: u * lr_scale, updates)
         new_params = optax.apply_updates(params, updates)
-        finite = [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]
-        ok = jnp.isfinite(total) & jnp.all(jnp.stack(finite))
+        ok = all_finite(total, grads, new_params, new_opt)
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)  # noqa: E731
         return keep(new_params, params), keep(new_opt, opt_state), dict(terms, total=total), ok
 
@@ -350,10 +350,6 @@ def _drop_later_steps(folder: Path, epoch: int) -> None:
                 shutil.rmtree(step)
 
 
-def _finite(tree: Any) -> bool:
-    return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree))
-
-
 def init_state(cfg: RunConfig, data: LFADSData, tx: optax.GradientTransformation) -> tuple:
     mean_counts = np.nanmean(data.train_target[:, : data.n_obs], axis=(0, 1))
     params = lfads.init_params(
@@ -484,7 +480,7 @@ def train(
                 )
                 if epoch + 1 < max(ramps_done) or prog.best is None or prog.ema < prog.best:
                     prog.best, prog.best_epoch, prog.since_best = prog.ema, prog.epoch, 0
-                    if _finite(params):
+                    if bool(all_finite(params)):
                         best_ckpt.save(prog.epoch, params, {"epoch": prog.epoch, "ema": prog.ema})
                 else:
                     prog.since_best += t.val_every
@@ -521,7 +517,7 @@ def train(
         "stop_reason": stop_reason,
         "train_seconds": time.perf_counter() - t0,
     }
-    atomic.write_text(run / SUMMARY, json.dumps(summary, indent=2))
+    atomic.write_json(run / SUMMARY, summary)  # strict JSON: a NaN best becomes null
     return summary
 
 

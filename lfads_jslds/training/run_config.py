@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lfads_jslds.config import ConfigError
+from lfads_jslds import config as config_lib
+from lfads_jslds.config import ConfigError, Decay, Fraction, NonNegative, Positive, Rate
 from lfads_jslds.models.lfads import LFADSConfig, LossWeights
 
 
@@ -23,8 +24,8 @@ class DataConfig:
 
     bin_ms: int | None = None
     lag_ms: int | None = None  # behaviour lag; None: the dataset's NLB value
-    val_fraction: float | None = None  # of the trials, drawn as validation trials
-    heldout_fraction: float | None = None  # of the units, drawn as held-out units
+    val_fraction: Fraction | None = None  # of the trials, drawn as val trials
+    heldout_fraction: Fraction | None = None  # of the units, held out
     heldout_units: tuple[int, ...] | None = None  # or these unit ids held out
     split_seed: int = 0  # draws both (independent streams)
 
@@ -33,23 +34,23 @@ class DataConfig:
 class TrainConfig:
     batch_size: int = 25
     max_epochs: int = 1000
-    lr: float = 4e-3
-    lr_decay: float = 1.0  # per epoch: lr · lr_decay^epoch
-    weight_decay: float = 0.0  # AdamW's decoupled decay
-    adam_eps: float = 1e-8
-    clip_norm: float = 200.0  # global gradient norm
+    lr: Positive = 4e-3
+    lr_decay: Decay = 1.0  # per epoch: lr · lr_decay^epoch
+    weight_decay: NonNegative = 0.0  # AdamW's decoupled decay (0: none)
+    adam_eps: Positive = 1e-8
+    clip_norm: Positive = 200.0  # global gradient norm
     kl_start_epoch: int = 0
     kl_ramp_epochs: int = 50  # KL weight rises linearly 0 → 1 over these epochs
     l2_start_epoch: int = 0
     l2_ramp_epochs: int = 50
-    cd_rate: float = 0.3  # coordinated dropout: fraction of input entries masked
+    cd_rate: Rate = 0.3  # coordinated dropout: fraction of inputs masked
     # sample validation: this fraction of the eval trials' held-in observed entries, a fixed
     # mask drawn from ``seed``, is withheld from the encoder and is all validation scores
-    sv_rate: float = 0.2
+    sv_rate: Fraction = 0.2
     # the eval trials' held-in spikes (less the sample-validation entries) join training
     use_eval_heldin: bool = False
     val_every: int = 1  # epochs between validations
-    smoothing: float = 0.9  # EMA factor of the validation NLL used for early stopping
+    smoothing: Rate = 0.9  # EMA factor of the val NLL early stopping watches
     patience: int = 200  # epochs without a better smoothed validation NLL before stopping
     checkpoint_every: int = 25  # epochs
     max_bad_steps: int = 10  # non-finite steps in a row before rolling back
@@ -108,7 +109,12 @@ class RunConfig:
 
 
 def validate(cfg: RunConfig) -> None:
-    """Refuse values that would only fail after compiling, or mid-run."""
+    """Refuse values that would only fail after compiling, or mid-run (NaN weights).
+
+    Float hyperparameters: finite and in the ``Range`` their field is annotated with
+    (``config.check``, the rule a config file meets); here the rules across fields.
+    """
+    config_lib.check(cfg)
     m, t, i = cfg.model, cfg.train, cfg.infer
     positive = {
         "model.ic_enc_dim": m.ic_enc_dim,
@@ -139,21 +145,7 @@ def validate(cfg: RunConfig) -> None:
         "train.patience": t.patience,
     }
     bad = [f"{k} = {v}" for k, v in nonneg.items() if v < 0]
-    for name, value in {"model.dropout": m.dropout, "train.cd_rate": t.cd_rate}.items():
-        if not 0.0 <= value < 1.0:
-            bad.append(f"{name} = {value} (needs 0 <= value < 1)")
-    if not 0.0 <= t.smoothing < 1.0:
-        bad.append(f"train.smoothing = {t.smoothing} (needs 0 <= value < 1)")
-    for name in ("val_fraction", "heldout_fraction"):
-        value = getattr(cfg.data, name)
-        if value is not None and not 0.0 < value < 1.0:
-            bad.append(f"data.{name} = {value} (needs 0 < value < 1)")
     if cfg.data.heldout_fraction is not None and cfg.data.heldout_units is not None:
         bad.append("data.heldout_fraction and data.heldout_units (give one)")
-    if not 0.0 < t.sv_rate < 1.0:
-        bad.append(f"train.sv_rate = {t.sv_rate} (needs 0 < value < 1: validation scores it)")
-    for name, value in {"train.lr": t.lr, "model.cell_clip": m.cell_clip}.items():
-        if value <= 0:
-            bad.append(f"{name} = {value} (must be > 0)")
     if bad:
         raise ConfigError(f"invalid config values: {', '.join(bad)}")

@@ -11,7 +11,6 @@ step; rewritten atomically), ``log.csv`` (step and unweighted loss terms),
 from __future__ import annotations
 
 import csv
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,8 +55,9 @@ def make_optimizer(optim: OptimConfig) -> optax.GradientTransformation:
 def make_train_step(cfg: TaskTrainConfig, tx: optax.GradientTransformation) -> Any:
     """A jitted ``(params, opt_state, step) -> (params, opt_state, terms, ok)``.
 
-    A step whose loss or gradients are not finite leaves params and optimiser state
-    untouched (``ok = False``): NaN never reaches the weights.
+    A step whose loss, gradients or updated params and optimiser state are not finite
+    leaves params and optimiser state untouched (``ok = False``): NaN never reaches the
+    weights.
     """
     spec = get_task(cfg.task)
     base_key = seed_keys(cfg.optim.seed)[1]
@@ -71,15 +71,20 @@ def make_train_step(cfg: TaskTrainConfig, tx: optax.GradientTransformation) -> A
         (total, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
         updates, new_opt = tx.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
-        ok = jnp.isfinite(total) & jnp.all(
-            jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)])
-        )
+        ok = all_finite(total, grads, new_params, new_opt)
         keep = lambda new, old: jax.tree_util.tree_map(  # noqa: E731
             lambda n, o: jnp.where(ok, n, o), new, old
         )
         return keep(new_params, params), keep(new_opt, opt_state), dict(terms, total=total), ok
 
     return step_fn
+
+
+def all_finite(*trees: Any) -> jax.Array:
+    """True when every entry of every leaf is finite; traceable (the guarded update's test:
+    an update can turn finite params non-finite even when loss and gradients are finite)."""
+    leaves = [x for tree in trees for x in jax.tree_util.tree_leaves(tree)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 def seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:
@@ -116,8 +121,10 @@ def load_checkpoint(run: Path, tx: optax.GradientTransformation) -> TrainState:
 
 
 def validate_config(cfg: TaskTrainConfig) -> None:
-    """Refuse values the trainer would only fail on after compiling (or mid-run)."""
+    """Refuse values the trainer would only fail on after compiling (or mid-run): floats
+    finite and in range (``config.check``), counts at least 1."""
     get_task(cfg.task)
+    config_lib.check(cfg)
     if cfg.model.cell not in CELLS:
         raise ConfigError(f"model.cell must be one of {', '.join(CELLS)}, got {cfg.model.cell!r}")
     counts = {
@@ -253,6 +260,5 @@ def train(
         state.params, spec, cfg.model, n_trials=cfg.optim.eval_trials, seed=cfg.optim.seed + 1
     )
     metrics.update(steps=state.step, skipped_steps=skipped, train_seconds=time.perf_counter() - t0)
-    text = json.dumps(metrics, indent=2)
-    atomic.write_text(run / METRICS, text)
+    atomic.write_json(run / METRICS, metrics)
     return metrics

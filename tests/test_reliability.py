@@ -1,0 +1,202 @@
+"""Issue 12's reliability catalogue: bad hyperparameters, bad counts, hostile ``--weights``
+files and awkward sessions for ``prepare``.
+
+Each case: a clear one-line error naming the file (or ``--set``) and the field, a non-zero
+exit from the CLI, nothing written, and the check made before any long work.
+"""
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from test_cli import assert_refused, invoke, snapshot
+from test_lfads_pipeline import ATTRS, TINY, planted_tensors
+
+from lfads_jslds import config as config_lib
+from lfads_jslds.data.prepare import write_tensors
+from lfads_jslds.io import atomic
+from lfads_jslds.tasks import default_config
+from lfads_jslds.training import lfads_trainer, task_trainer
+from lfads_jslds.training.run_config import RunConfig, validate
+
+pytestmark = pytest.mark.usefixtures("compile_cache")
+
+
+def strict_json(text: str):
+    """``json.loads`` that refuses the bare NaN / Infinity Python's json writes by default."""
+
+    def refuse(name: str):
+        raise ValueError(f"not JSON: {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture
+def tensors_file(tmp_path):
+    path = tmp_path / "data.h5"
+    write_tensors(path, planted_tensors(), ATTRS)
+    return path
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Training must never start: a refused value is caught before it."""
+
+    def refuse(*_, **__):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(lfads_trainer, "train", refuse)
+    monkeypatch.setattr(task_trainer, "make_train_step", refuse)
+
+
+# --- 1. hyperparameters -------------------------------------------------------------------
+
+BAD_LFADS_VALUES = [
+    ("train.lr", ".nan", "not a finite number", "a value with 0 < value"),
+    ("train.lr", ".inf", "not a finite number", "a value with 0 < value"),
+    ("train.lr", "0", "out of range", "a value with 0 < value"),
+    ("train.lr_decay", "0", "out of range", "a value with 0 < value <= 1"),
+    ("train.lr_decay", "1.5", "out of range", "a value with 0 < value <= 1"),
+    ("train.lr_decay", "-.inf", "not a finite number", "a value with 0 < value <= 1"),
+    ("train.clip_norm", ".nan", "not a finite number", "a value with 0 < value"),
+    ("train.clip_norm", "0", "out of range", "a value with 0 < value"),
+    ("train.adam_eps", "0", "out of range", "a value with 0 < value"),
+    ("train.adam_eps", "-1e-8", "out of range", "a value with 0 < value"),
+    ("train.weight_decay", "-0.1", "out of range", "a value with 0 <= value"),
+    ("train.weight_decay", ".inf", "not a finite number", "a value with 0 <= value"),
+    ("train.sv_rate", "1", "out of range", "a value with 0 < value < 1"),
+    ("model.dropout", ".nan", "not a finite number", "a value with 0 <= value < 1"),
+    ("loss.kl_ic", "-1", "out of range", "a value with 0 <= value"),
+    ("data.val_fraction", "1.0", "out of range", "a value with 0 < value < 1"),
+    ("evaluate.smooth_cv_sd_ms", "[20, .nan]", "not a finite number", "a finite number"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "what", "fix"), BAD_LFADS_VALUES)
+def test_train_refuses_a_bad_hyperparameter_before_training(
+    tmp_path, tensors_file, no_training, key, value, what, fix
+):
+    before = snapshot(tmp_path)
+    result = invoke(
+        "train", tensors_file, "--out", tmp_path / "run", "--set", f"{key}={value}", "--no-progress"
+    )
+    assert_refused(result, "--set", key, what, f"give {fix}")
+    assert snapshot(tmp_path) == before  # no run folder, nothing else
+
+
+def test_a_config_file_with_a_bad_value_is_named(tmp_path, tensors_file, no_training):
+    config = tmp_path / "bad.yaml"
+    config.write_text("train:\n  lr_decay: 1.5\n")
+    before = snapshot(tmp_path)
+    result = invoke("train", tensors_file, "--out", tmp_path / "run", "--config", config)
+    assert_refused(result, str(config), "train.lr_decay = 1.5", "0 < value <= 1")
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("optim.lr", ".nan"), ("optim.lr_decay", "0"), ("optim.adam_eps", "0"), ("loss.l2", "-1")],
+)
+def test_task_train_refuses_a_bad_hyperparameter(tmp_path, no_training, key, value):
+    before = snapshot(tmp_path)
+    result = invoke(
+        "task", "train", "flipflop", "--out", tmp_path / "run", "--set", f"{key}={value}"
+    )
+    assert_refused(result, "--set", key)
+    assert snapshot(tmp_path) == before
+
+
+def test_a_config_built_in_python_meets_the_same_rules(tmp_path, tensors_file):
+    import dataclasses
+
+    cfg = RunConfig()
+    nan_lr = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=math.nan))
+    with pytest.raises(config_lib.ConfigError, match=r"config: train\.lr = nan is not a finite"):
+        validate(nan_lr)
+    with pytest.raises(config_lib.ConfigError, match="train.lr = nan"):
+        lfads_trainer.prepare_run(tmp_path / "run", nan_lr, tensors_file, resume=False)
+    assert not (tmp_path / "run").exists()
+    task = default_config("flipflop")
+    bad = dataclasses.replace(task, optim=dataclasses.replace(task.optim, clip_norm=-1.0))
+    with pytest.raises(config_lib.ConfigError, match="optim.clip_norm = -1.0 is out of range"):
+        task_trainer.validate_config(bad)
+    validate(cfg)  # the defaults pass
+    task_trainer.validate_config(task)
+
+
+def _poison() -> optax.GradientTransformation:
+    """An optimiser whose update is +Inf for every finite gradient: loss and gradients stay
+    finite, only the updated parameters are not."""
+    return optax.GradientTransformation(
+        lambda params: optax.EmptyState(),
+        lambda grads, state, params=None: (jax.tree.map(lambda g: g + jnp.inf, grads), state),
+    )
+
+
+def _finite(tree) -> bool:
+    return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree))
+
+
+def test_lfads_guard_refuses_an_update_that_makes_the_weights_non_finite(tensors_file):
+    from lfads_jslds.data import dataset
+
+    # the smallest model that compiles fast: the guard does not depend on the generator
+    cfg = config_lib.resolve(RunConfig(), None, [*TINY, "model.generator=gru", "model.co_dim=0"])
+    data = dataset.load(tensors_file)
+    tx = _poison()
+    params, opt_state = lfads_trainer.init_state(cfg, data, tx)
+    step = lfads_trainer.make_train_step(cfg, tx, data.n_fwd)
+    x, y = jnp.asarray(data.train_input), jnp.asarray(data.train_target)
+    new_params, _, terms, ok = step(params, opt_state, x, y, jnp.arange(8), 0, 1.0, 1.0, 1.0)
+    assert math.isfinite(float(terms["total"]))  # the loss was fine, the update was not
+    assert not bool(ok)
+    assert _finite(new_params)
+    for a, b in zip(jax.tree.leaves(new_params), jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_task_guard_refuses_an_update_that_makes_the_weights_non_finite():
+    from lfads_jslds.tasks import get_task
+    from lfads_jslds.tasks import model as task_model
+
+    cfg = config_lib.resolve(
+        default_config("flipflop"), None, ["model.n_hidden=8", "optim.batch_size=4"]
+    )
+    spec = get_task("flipflop")
+    params = task_model.init_params(jax.random.PRNGKey(0), cfg.model, spec.n_in, spec.n_out)
+    tx = _poison()
+    step = task_trainer.make_train_step(cfg, tx)
+    new_params, _, terms, ok = step(params, tx.init(params), jnp.asarray(0))
+    assert math.isfinite(float(terms["total"]))
+    assert not bool(ok)
+    for a, b in zip(jax.tree.leaves(new_params), jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_finite_json_writes_null_for_non_finite_values(tmp_path):
+    summary = {"best": math.nan, "rates": [1.0, math.inf, -math.inf], "n": 3, "s": "x"}
+    atomic.write_json(tmp_path / "s.json", summary)
+    got = strict_json((tmp_path / "s.json").read_text())
+    assert got == {"best": None, "rates": [1.0, None, None], "n": 3, "s": "x"}
+
+
+def test_train_json_is_strict_json_when_validation_gives_nan(tmp_path, tensors_file, monkeypatch):
+    def still_step(cfg, tx, n_fwd):  # no compiling: the summary is what is tested here
+        return lambda params, opt, *_: (params, opt, {"total": jnp.asarray(1.0)}, True)
+
+    def nan_validation(cfg):
+        return lambda params, x, target: (jnp.full(x.shape[0], jnp.nan), jnp.zeros(x.shape[0]))
+
+    monkeypatch.setattr(lfads_trainer, "make_train_step", still_step)
+    monkeypatch.setattr(lfads_trainer, "make_validation", nan_validation)
+    cfg = config_lib.resolve(RunConfig(), None, [*TINY, "train.max_epochs=1"])
+    data, _ = lfads_trainer.prepare_run(tmp_path / "run", cfg, tensors_file, resume=False)
+    summary = lfads_trainer.train(cfg, tmp_path / "run", data, progress=False)
+    assert math.isnan(summary["best_val_nll_sv_smoothed"])
+    written = strict_json((tmp_path / "run" / lfads_trainer.SUMMARY).read_text())
+    assert written["best_val_nll_sv_smoothed"] is None
+    assert written["epochs"] == 1
