@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 import scipy.linalg
 
+from lfads_jslds import metrics
 from lfads_jslds.data import synth
+from lfads_jslds.data.nwb import Units
+from lfads_jslds.data.prepare import spike_tensor
 from lfads_jslds.data.synth import PRESETS, SynthConfig
 
 TINY = SynthConfig("tiny", 12, 4, 20, 8, 8, n_trial_types=4, n_versions=2, latent_dim=8)
@@ -124,20 +127,60 @@ def test_planted_rotation_is_recoverable(tmp_path, monkeypatch, f0):
     np.testing.assert_allclose(pred, x[:, 1:], atol=1e-5)
 
 
-def test_rates_are_realistic(small):
+def _window_counts(session, units: np.ndarray, split: str, bin_ms: int) -> np.ndarray:
+    """Spike counts [trial, bin, unit] of ``split``'s trials, NLB window, ``bin_ms`` bins."""
+    all_units = Units(
+        np.arange(session.heldout.size),
+        session.spike_times,
+        session.spike_offsets,
+        session.heldout,
+        None,
+        None,
+    )
+    onset = session.trials["move_onset_time"][session.trials["split"] == split]
+    return spike_tensor(all_units, units, onset, synth.NLB_WINDOW_MS, bin_ms)
+
+
+def test_rates_match_the_real_sessions(small):
     path, session = small
     gt = synth.read_ground_truth(path)
-    assert gt.rates_hz.min() >= 5.0 and gt.rates_hz.max() <= 60.0
-    assert 10.0 <= gt.rates_hz.mean() <= 20.0
+    lo, hi = synth.RATE_RANGE_HZ
+    assert gt.rates_hz.min() >= lo and gt.rates_hz.max() <= hi
     assert gt.clipped_fraction < 1e-3
-    heldin = np.flatnonzero(~session.heldout)  # held-out units lose the test trials
-    per_unit = np.diff(session.spike_offsets)[heldin] / session.session_end_s
-    assert per_unit.min() >= 5.0 and per_unit.max() <= 60.0
-    assert 10.0 <= per_unit.mean() <= 20.0
+    # Each unit's mean rate over the NLB windows of the train and val trials: the empirical
+    # CDF at the real sessions' quantiles lies within the Kolmogorov-Smirnov bound for 142
+    # draws at alpha = 0.001 (1.95 / sqrt(142) = 0.164).
+    every = np.arange(session.heldout.size)
+    counts = np.concatenate([_window_counts(session, every, s, 20) for s in ("train", "val")])
+    mean_hz = counts.mean((0, 1)) / 0.020
+    prob, quantile_hz = synth.MEAN_RATE_QUANTILES_HZ
+    ecdf = (mean_hz[:, None] <= np.asarray(quantile_hz)[None, :]).mean(0)
+    np.testing.assert_array_less(np.abs(ecdf - prob), 1.95 / np.sqrt(mean_hz.size))
     # Conditions modulate the rates (each unit's condition means span a factor > 1.5).
     cond = gt.condition
     means = np.stack([gt.rates_hz[cond == c].mean(0) for c in np.unique(cond)])
     assert np.median(means.max((0, 1)) / means.min((0, 1))) > 1.5
+
+
+def test_true_rates_score_at_least_a_quarter_bit_per_spike(small):
+    """The demo's ceiling: co-bps of the true rates on the val trials' held-out units at 20 ms.
+
+    Over Poisson draws its expectation is ``E = Σ r log(r / r̄) / Σ r / ln 2`` (``r̄`` each
+    unit's mean; the null's ``r̄ − r`` terms sum to zero) and its s.d. about
+    ``sqrt(Σ r log²(r / r̄)) / Σ r / ln 2`` (each count's variance is its rate).
+    """
+    path, session = small
+    gt = synth.read_ground_truth(path)
+    heldout = np.flatnonzero(session.heldout)
+    val = session.trials["split"] == "val"
+    rates = synth.true_rates_per_bin(gt, 20)[val][:, :, heldout]
+    spikes = _window_counts(session, heldout, "val", 20)
+    log_ratio = np.log(rates / rates.mean((0, 1), keepdims=True))
+    expected = (rates * log_ratio).sum() / rates.sum() / np.log(2)
+    sd = np.sqrt((rates * log_ratio**2).sum()) / rates.sum() / np.log(2)
+    scored = metrics.co_bps(rates, spikes)
+    assert expected >= 0.25 and scored >= 0.25
+    assert abs(scored - expected) <= 4 * sd
 
 
 def test_spike_counts_follow_the_true_rates(small):

@@ -10,15 +10,19 @@ Generative model (all times on a 1 ms clock; latents ``x`` in ``latent_dim`` dim
   movement onset (+ reaction time ~ N(320, 40) ms, clipped to 220..450: the jitter of onset
   relative to the go cue), stop (+700..900 ms), then a 100..400 ms inter-trial gap.
 - Conditions are the pairs (trial_type, trial_version): ``n_trial_types`` reach directions
-  times ``n_versions`` variants (speed, rotation phase); each has its own preparatory state.
+  times ``n_versions`` variants (speed, rotation phase); each has its own preparatory state,
+  and all share an offset in the rotation plane (``PREP_COMMON``), the condition-invariant
+  part of the response.
 - From target onset the state relaxes to the trial's preparatory state (the condition's, plus
   trial-to-trial noise) with time constant ``PREP_TAU_S``. At release, ``lag_ms`` before
   movement onset, it flows freely under ``dx/dt = A x``: a dominant rotation (``f0_hz``,
   decay ``tau0_s``), a two-stage cascade that makes the single-lobed hand velocity, and (for
   ``latent_dim = 8``) a weaker, fast-decaying second rotation. The state at the next target
   onset is where the flow has got to: no resets.
-- Rates (Hz) ``= clip(exp(b + C x), 5, 60)`` on a 5 ms grid anchored at each trial's movement
-  onset, constant within a bin; gains are calibrated so the clip rarely acts (the fraction
+- Rates (Hz) ``= clip(exp(b + C x), *RATE_RANGE_HZ)`` on a 5 ms grid anchored at each trial's
+  movement onset, constant within a bin. Matched to the real MC_Maze sessions: over the NLB
+  window each neuron's mean rate is drawn from their distribution (``MEAN_RATE_QUANTILES_HZ``)
+  and its log-rate s.d. (its tuning) from ``LOG_RATE_SD``; the clip rarely acts (the fraction
   clipped is stored). Spikes are an inhomogeneous Poisson process with that intensity,
   recorded at 1 ms resolution (a spike at ``k`` ms is stored as ``k / 1000`` s).
 - Hand velocity (mm/s) ``= D x(t - lag_ms)``: linear in the latents, starting at movement
@@ -57,11 +61,28 @@ TRUTH_WINDOW_MS = (-250, 650)
 #: Time constant of the approach to the preparatory state after target onset (s).
 PREP_TAU_S = 0.06
 #: Rates are kept within this range (Hz).
-RATE_RANGE_HZ = (5.0, 60.0)
+RATE_RANGE_HZ = (0.01, 200.0)
+#: The NLB window around movement onset (ms) over which the readout is calibrated.
+NLB_WINDOW_MS = (-250, 450)
+#: Neurons' mean rates (Hz) over the NLB window are drawn from this quantile function (log-
+#: linear between the points): probabilities, and the quantiles measured on the real
+#: MC_Maze_Small and MC_Maze_Medium test sessions (221 units, 20 ms bins, -250..+450 ms
+#: around movement onset; mean 4.2 Hz, median 3.0 Hz).
+MEAN_RATE_QUANTILES_HZ = (
+    (0.0, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 1.0),
+    (0.06, 0.23, 0.43, 1.39, 3.03, 5.8, 9.84, 11.74, 17.73),
+)
+#: Range of each neuron's log-rate s.d. over the NLB window (all conditions' noise-free
+#: paths), drawn uniformly: how strongly neurons are tuned.
+LOG_RATE_SD = (0.3, 0.9)
+#: Common offset of the preparatory states in the rotation plane (in units of the
+#: conditions' radius there): a condition-invariant component, as in real motor cortex.
+PREP_COMMON = 0.6
 #: Hand displacement (mm) of a reach with unit preparatory drive.
 REACH_MM = 100.0
-#: Trial-to-trial noise of the preparatory state (in units of the condition states' spread).
-PREP_NOISE = 0.1
+#: Trial-to-trial noise of the preparatory state (s.d., as a fraction of each dimension's
+#: largest preparatory value).
+PREP_NOISE = 0.2
 GT_MODULE = "ground_truth"
 
 
@@ -146,7 +167,7 @@ class GroundTruth:
     mode_frequency_hz: np.ndarray  # [mode]
     mode_decay_tau_s: np.ndarray  # [mode]
     mode_plane: np.ndarray  # [mode, latent, 2] orthonormal basis of each rotation plane
-    clipped_fraction: float  # share of rates_hz values the [5, 60] Hz clip changed
+    clipped_fraction: float  # share of rates_hz values the RATE_RANGE_HZ clip changed
 
 
 @dataclass(frozen=True)
@@ -259,6 +280,7 @@ def make_conditions(cfg: SynthConfig, m: _Modal, rng: np.random.Generator) -> _C
     phase = theta + 0.6 * versions
     prep = np.zeros((types.size, cfg.latent_dim))
     prep[:, 0:2] = (1.0 + 0.1 * versions)[:, None] * np.stack([np.cos(phase), np.sin(phase)], 1)
+    prep[:, 0] += PREP_COMMON
     prep[:, 2:4] = speed[:, None] * np.stack([np.cos(theta), np.sin(theta)], 1)
     if cfg.latent_dim == 8:
         prep[:, 6:8] = rng.normal(0.0, 0.7, (types.size, 2))
@@ -393,16 +415,23 @@ def rate_grid(s: _Schedule) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 # ----------------------------------------------------------------------------- readout
 
 
-def _calibration_states(cond: _Conditions, m: _Modal) -> np.ndarray:
-    """Noise-free trajectories of every condition: approach from rest, then 1.5 s of flow."""
-    t_prep = np.arange(0, 600, GRID_MS) / 1000.0
-    t_free = np.arange(0, 1500, GRID_MS) / 1000.0
+def _calibration_states(cfg: SynthConfig, cond: _Conditions, m: _Modal) -> np.ndarray:
+    """Noise-free states [condition * time, K] of every condition over ``NLB_WINDOW_MS`` on the
+    5 ms grid: the settled preparatory state until release (``lag_ms`` before movement onset,
+    at least 350 ms = 5.8 ``PREP_TAU_S`` after target onset), then the free flow."""
+    t0, t1 = NLB_WINDOW_MS
+    t = np.arange(t0, t1, GRID_MS) + GRID_MS / 2 + cfg.lag_ms  # ms after release
     rows = []
     for p in cond.prep:
-        rows.append(approach(np.zeros((t_prep.size, p.size)), np.tile(p, (t_prep.size, 1)), t_prep))
-        y_rel = approach(np.zeros((1, p.size)), p[None], np.array([0.6]))
-        rows.append(free_flow(np.tile(y_rel, (t_free.size, 1)), t_free, m))
+        flow = free_flow(np.tile(p, (t.size, 1)), np.maximum(t, 0.0) / 1000.0, m)
+        rows.append(np.where((t < 0)[:, None], p[None, :], flow))
     return np.concatenate(rows)
+
+
+def _draw_mean_rates(n: int, rng: np.random.Generator) -> np.ndarray:
+    """[n] mean rates (Hz) from the real sessions' quantile function (log-linear between)."""
+    prob, hz = MEAN_RATE_QUANTILES_HZ
+    return np.exp(np.interp(rng.random(n), prob, np.log(hz)))
 
 
 def make_readout(
@@ -411,11 +440,12 @@ def make_readout(
     """(T, C, b): latent coordinates ``x = T y`` and log-rate readout ``b + C x``.
 
     ``T`` scales each modal dimension to unit range over the noise-free condition trajectories
-    and mixes them with a random rotation, so no axis is special. ``C`` weights the dominant
-    rotation most; each neuron's gain is set so its noise-free range spans as much of
-    [7, 45] Hz as its baseline (log-uniform 10..22 Hz) allows.
+    of the NLB window and mixes them with a random rotation, so no axis is special. ``C``
+    weights the dominant rotation most. Over those trajectories, each neuron's log-rate has
+    the s.d. it draws from ``LOG_RATE_SD`` (its tuning) and its rate the mean it draws from
+    ``MEAN_RATE_QUANTILES_HZ`` (``b`` is set for that).
     """
-    y = _calibration_states(cond, m)
+    y = _calibration_states(cfg, cond, m)
     scale = 1.0 / np.maximum(np.abs(y).max(0), 1e-12)
     Q, _ = np.linalg.qr(rng.normal(size=(cfg.latent_dim, cfg.latent_dim)))
     T = Q @ np.diag(scale)
@@ -425,10 +455,10 @@ def make_readout(
     C_hat = rng.normal(size=(cfg.n_units, cfg.latent_dim)) * weights  # on T y's unrotated axes
     C = C_hat @ Q.T
     u = (y @ T.T) @ C.T  # [time, neuron]
-    base = np.exp(rng.uniform(np.log(10.0), np.log(22.0), cfg.n_units))
-    hi, lo = np.maximum(u.max(0), 1e-9), np.maximum(-u.min(0), 1e-9)
-    gain = np.minimum(np.log(45.0 / base) / hi, np.log(base / 7.0) / lo)
-    return T, C * gain[:, None], np.log(base)
+    gain = rng.uniform(*LOG_RATE_SD, cfg.n_units) / np.maximum(u.std(0), 1e-12)
+    mean_hz = _draw_mean_rates(cfg.n_units, rng)
+    b = np.log(mean_hz) - np.log(np.exp(u * gain).mean(0))
+    return T, C * gain[:, None], b
 
 
 # ----------------------------------------------------------------------------- spikes
@@ -586,11 +616,12 @@ def make_synthetic(preset: str | SynthConfig = "small", seed: int = 0) -> Synthe
     noise = rng.normal(size=(cfg.n_trials, cfg.latent_dim)) * PREP_NOISE * np.abs(cond.prep).max(0)
     noise[:, 4:6] = 0.0  # the velocity stage rests at zero: no movement before release
     traj = trajectory(s, cond.prep[s.cond] + noise, m)
+    # Drawn before the spikes, so which units are held out does not hang on the spike counts.
+    heldout = np.zeros(cfg.n_units, bool)
+    heldout[rng.choice(cfg.n_units, cfg.n_heldout, replace=False)] = True
     unit, t_ms, latents, rates, clipped = _spikes_and_truth(traj, T, C, b, rng)
 
     # Test trials: held-out units and behaviour are not observed (as in NLB's test files).
-    heldout = np.zeros(cfg.n_units, bool)
-    heldout[rng.choice(cfg.n_units, cfg.n_heldout, replace=False)] = True
     test = s.split == "test"
     test_spans = np.stack([s.start[test], s.stop[test]], 1)
     drop = heldout[unit] & _inside(t_ms, test_spans)
@@ -812,10 +843,14 @@ def write_nwb(path: Path, session: SyntheticSession) -> None:
             ],
         )
     )
+    lo, hi = RATE_RANGE_HZ
     params = {
         "dynamics": (gt.dynamics, "A (1/s): dx/dt = A x after release"),
         "dynamics_1ms": (gt.dynamics_1ms, "expm(A * 1 ms)"),
-        "readout_weights": (gt.readout_weights, "C: rates = clip(exp(b + C x), 5, 60) Hz"),
+        "readout_weights": (
+            gt.readout_weights,
+            f"C: rates = clip(exp(b + C x), {lo:g}, {hi:g}) Hz",
+        ),
         "readout_bias": (gt.readout_bias, "b"),
         "velocity_readout": (gt.velocity_readout, "D: hand_vel(t) = D x(t - lag) (mm/s)"),
         "velocity_lag_ms": (np.array(gt.velocity_lag_ms), "lag of hand_vel behind latents"),
