@@ -200,3 +200,68 @@ def test_train_json_is_strict_json_when_validation_gives_nan(tmp_path, tensors_f
     written = strict_json((tmp_path / "run" / lfads_trainer.SUMMARY).read_text())
     assert written["best_val_nll_sv_smoothed"] is None
     assert written["epochs"] == 1
+
+
+# --- 3. counts ----------------------------------------------------------------------------
+
+
+def _tensors_with(key: str, value: float, at=(1, 0, 2)) -> dict:
+    tensors = planted_tensors()
+    x = tensors[key].copy()
+    x[at] = value
+    tensors[key] = x
+    return tensors
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "what"),
+    [
+        ("train_spikes_heldin", math.inf, "NaN/Inf counts"),
+        ("eval_spikes_heldout", math.inf, "infinite counts"),
+        ("train_spikes_heldin_forward", math.inf, "infinite counts"),
+        ("eval_spikes_heldout_forward", -math.inf, "infinite counts"),
+        ("train_spikes_heldout", -1.0, "negative counts"),
+        ("eval_spikes_heldin_forward", -1.0, "negative counts"),
+        ("eval_spikes_heldin", 0.5, "non-integer counts"),
+        ("train_spikes_heldout_forward", 2.25, "non-integer counts"),
+        ("train_spikes_heldin", 1e30, "impossible counts"),
+        ("eval_spikes_heldout_forward", 21.0, "impossible counts"),
+    ],
+)
+def test_train_refuses_bad_counts_in_any_window(tmp_path, no_training, key, value, what):
+    data = tmp_path / "bad.h5"
+    write_tensors(data, _tensors_with(key, value), ATTRS)
+    before = snapshot(tmp_path)
+    result = invoke("train", data, "--out", tmp_path / "run", "--no-progress")
+    err = assert_refused(result, str(data), f"{key} has 1 {what}", "[trial, bin, neuron] [1, 0, 2]")
+    assert f"{value:g}" in err
+    if "impossible" in what:
+        assert "above 20 in a 20 ms bin is over 1 spike per ms" in err
+    assert snapshot(tmp_path) == before
+
+
+def test_a_count_of_one_spike_per_ms_is_the_largest_accepted(tmp_path):
+    from lfads_jslds.data import dataset
+
+    at_limit = _tensors_with("train_spikes_heldin_forward", 20.0)  # 20 spikes in 20 ms
+    data = dataset.from_tensors(tmp_path / "x.h5", at_limit, ATTRS)
+    assert float(data.train_target[1, 8, 2]) == 20.0  # forward bin 0 follows the 8 observed
+    with pytest.raises(dataset.DataError, match="impossible counts"):
+        dataset.from_tensors(tmp_path / "x.h5", _tensors_with("train_spikes_heldin", 21.0), ATTRS)
+
+
+def test_nan_counts_are_refused_where_needed_and_named_for_what_they_are(tmp_path):
+    from lfads_jslds.data import dataset
+
+    path = tmp_path / "x.h5"
+    with pytest.raises(dataset.DataError) as info:
+        dataset.from_tensors(path, _tensors_with("train_spikes_heldout", math.nan), ATTRS)
+    message = str(info.value)
+    assert "train_spikes_heldout has 1 NaN/Inf counts" in message
+    assert "held-out neurons are learned from the train trials' counts" in message
+    assert "held-in" not in message
+    with pytest.raises(dataset.DataError, match="the encoder needs every held-in count"):
+        dataset.from_tensors(path, _tensors_with("eval_spikes_heldin", math.nan), ATTRS)
+    # a NaN target (not observed) is skipped by the Poisson NLL: accepted
+    data = dataset.from_tensors(path, _tensors_with("eval_spikes_heldout_forward", math.nan), ATTRS)
+    assert np.isnan(data.eval_target[1, 8, 6 + 2])

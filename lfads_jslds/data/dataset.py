@@ -174,17 +174,64 @@ def _join(
     return np.concatenate(blocks, 2)
 
 
-def _check_counts(path: Path, key: str, x: np.ndarray) -> None:
-    bad = ~np.isfinite(x)
-    if bad.any():
-        trials = np.flatnonzero(bad.any(axis=(1, 2)))
-        raise DataError(
-            f"{path}: {key} has {int(bad.sum())} NaN/Inf counts in {trials.size} trials "
-            f"(first: {trials[:5].tolist()}); the encoder needs every held-in count. "
-            "Drop those trials or units before training."
-        )
-    if (x < 0).any():
-        raise DataError(f"{path}: {key} has negative counts")
+#: Why these count tensors must be fully observed (no NaN); the others are targets only,
+#: where NaN means "not observed" and the Poisson NLL skips the entry.
+NO_NAN = {
+    "train_spikes_heldin": "the encoder needs every held-in count",
+    "eval_spikes_heldin": "the encoder needs every held-in count",
+    "train_spikes_heldout": "the held-out neurons are learned from the train trials' counts",
+}
+
+
+def _count_problems(x: np.ndarray, bin_ms: int, why_nan: str | None) -> list[tuple[Any, str, str]]:
+    """``(mask, what the bad counts are, the fix)`` per rule ``x [trial, ...]`` breaks.
+
+    Counts are spikes per bin: finite, whole, non-negative, and at most ``bin_ms``: one
+    spike per ms, faster than the refractory period (about 1 ms or more) of a sorted unit
+    allows, so a larger count is a unit or file error, not data to fit. NaN (not observed)
+    is refused only where ``why_nan`` says why.
+    """
+    finite = np.isfinite(x)
+    if why_nan is None:
+        rules = [(np.isinf(x), "infinite", "spike counts are finite: recount them")]
+    else:
+        rules = [(~finite, "NaN/Inf", f"{why_nan}: drop those trials or units")]
+    rules += [
+        (finite & (x < 0), "negative", "spike counts are never negative: recount them"),
+        (
+            finite & (x != np.round(x)),
+            "non-integer",
+            "spike counts, not rates or smoothed data, are needed (`lfads-jslds prepare` "
+            "bins spike times)",
+        ),
+        (
+            finite & (x > bin_ms),
+            "impossible",
+            f"above {bin_ms} in a {bin_ms} ms bin is over 1 spike per ms, faster than any "
+            "sorted unit fires: check the units and the bin width",
+        ),
+    ]
+    return [rule for rule in rules if rule[0].any()]
+
+
+def _check_counts(
+    path: Path, tensors: dict[str, Any], bin_ms: int, source: str | None = None
+) -> None:
+    """Refuse any ``*_spikes_*`` tensor (every window, forward ones too) whose counts are
+    not spike counts, naming the file, the tensor, the first bad entry and the fix."""
+    cut_from = f" (cut from {source})" if source else ""
+    for key in sorted(k for k in tensors if "_spikes_" in k):
+        x = np.asarray(tensors[key])
+        problems = _count_problems(x, bin_ms, NO_NAN.get(key))
+        if problems:
+            mask, what, fix = problems[0]
+            first = tuple(int(i) for i in np.unravel_index(np.argmax(mask), mask.shape))
+            n_trials = int(mask.reshape(mask.shape[0], -1).any(1).sum())
+            raise DataError(
+                f"{path}{cut_from}: {key} has {int(mask.sum())} {what} counts in "
+                f"{n_trials} trials (first at [trial, bin, neuron] {list(first)}: "
+                f"{x[first]:g}); {fix}"
+            )
 
 
 def _group_bin_ms(group: str | None) -> int | None:
@@ -336,14 +383,12 @@ def from_tensors(
             f"{path}: shapes disagree: train_spikes_heldin {tr_in.shape}, train_spikes_heldout "
             f"{tr_out.shape}, eval_spikes_heldin {ev_in.shape}"
         )
-    _check_counts(path, "train_spikes_heldin", tr_in)
-    _check_counts(path, "eval_spikes_heldin", ev_in)
-    _check_counts(path, "train_spikes_heldout", tr_out)
     n_in, n_out = tr_in.shape[2], tr_out.shape[2]
     n_tr, n_ev, t_obs = tr_in.shape[0], ev_in.shape[0], tr_in.shape[1]
     fwd = tensors.get("train_spikes_heldin_forward")
     t_fwd = 0 if fwd is None else fwd.shape[1]
     bin_ms = resolve_bin_ms(path, attrs, group, t_obs, t_fwd, bin_ms)
+    _check_counts(path, tensors, bin_ms, attrs.get("source"))
     tensors, positional = _complete_ids(
         path, tensors, {"trials": (n_tr, n_ev), "units": (n_in, n_out)}
     )
