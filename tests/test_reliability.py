@@ -265,3 +265,139 @@ def test_nan_counts_are_refused_where_needed_and_named_for_what_they_are(tmp_pat
     # a NaN target (not observed) is skipped by the Poisson NLL: accepted
     data = dataset.from_tensors(path, _tensors_with("eval_spikes_heldout_forward", math.nan), ATTRS)
     assert np.isnan(data.eval_target[1, 8, 6 + 2])
+
+
+# --- 6. memory safety of --weights ----------------------------------------------------------
+
+#: Loads in a child process, its address space capped at 1 GiB and its time at the caller's
+#: timeout, so that a regression (reading /dev/zero for ever, blocking on a FIFO) fails the
+#: test instead of taking the machine.
+_LOAD_CAPPED = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+from lfads_jslds.io.safe_npz import WeightsFileError, load_npz_safely
+try:
+    load_npz_safely(sys.argv[1])
+    print("loaded")
+except WeightsFileError as exc:
+    print("WeightsFileError", exc)
+"""
+
+
+def _load_in_child(path, script=_LOAD_CAPPED) -> str:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip()
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo"])
+def test_weights_that_are_not_a_regular_file_are_refused_at_once(tmp_path, kind):
+    import os
+
+    if kind == "device":
+        path = tmp_path / "zero.npz"
+        path.symlink_to("/dev/zero")  # what a user's symlink may point at
+    else:
+        path = tmp_path / "pipe.npz"
+        os.mkfifo(path)
+    out = _load_in_child(path)
+    assert out.startswith("WeightsFileError"), out
+    assert str(path) in out and ("a device" if kind == "device" else "a FIFO") in out
+
+
+_LOAD_RUN_FOLDER = """
+import sys
+from pathlib import Path
+from lfads_jslds.io.safe_npz import WeightsFileError
+from lfads_jslds.tasks import get_task
+from lfads_jslds.tasks.weights import load_task_weights
+try:
+    load_task_weights(Path(sys.argv[1]), get_task("flipflop"))
+    print("loaded")
+except WeightsFileError as exc:
+    print("WeightsFileError", exc)
+"""
+
+
+def test_a_run_folder_whose_params_are_a_fifo_is_refused(tmp_path):
+    import os
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("task: flipflop\n")
+    os.mkfifo(run / "params.npz")
+    out = _load_in_child(run, _LOAD_RUN_FOLDER)
+    assert out.startswith("WeightsFileError") and "params.npz is a FIFO" in out, out
+
+
+def _zip_bomb(path, n_bytes: int):
+    """An .npz whose one member is ``n_bytes`` of zeros (a float64 array), deflated: about
+    1000 times smaller on disk than expanded."""
+    import zipfile
+
+    from numpy.lib import format as npy_format
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as z:
+        with z.open("w.npy", "w", force_zip64=True) as member:
+            header = {"descr": "<f8", "fortran_order": False, "shape": (n_bytes // 8,)}
+            npy_format.write_array_header_1_0(member, header)
+            chunk = bytes(1 << 20)
+            for _ in range(n_bytes >> 20):
+                member.write(chunk)
+    return path
+
+
+def test_a_zip_bomb_is_refused_before_expanding(tmp_path):
+    import tracemalloc
+
+    from lfads_jslds.io.safe_npz import MAX_BYTES, WeightsFileError, load_npz_safely
+
+    bomb = _zip_bomb(tmp_path / "bomb.npz", MAX_BYTES + (16 << 20))
+    assert bomb.stat().st_size < 1 << 20  # under 1 MB on disk, 272 MiB expanded
+    tracemalloc.start()
+    try:
+        with pytest.raises(WeightsFileError, match=f"over the {MAX_BYTES} bytes") as info:
+            load_npz_safely(bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(bomb) in str(info.value)
+    assert peak < 4 << 20, peak  # the member was never expanded
+
+
+def test_task_eval_refuses_a_zip_bomb(tmp_path):
+    bomb = _zip_bomb(tmp_path / "bomb.npz", 300 << 20)
+    before = snapshot(tmp_path)
+    result = invoke("task", "eval", "flipflop", "--weights", bomb)
+    assert_refused(result, str(bomb), "expand to 314572928 bytes", "MAX_BYTES")
+    assert snapshot(tmp_path) == before
+
+
+def test_an_npy_header_larger_than_its_member_is_refused(tmp_path):
+    import io
+    import zipfile
+
+    from numpy.lib import format as npy_format
+
+    from lfads_jslds.io.safe_npz import WeightsFileError, load_npz_safely
+
+    member = io.BytesIO()
+    npy_format.write_array_header_1_0(
+        member, {"descr": "<f8", "fortran_order": False, "shape": (10**12,)}
+    )
+    member.write(bytes(16))  # two float64s where the header promises 10^12
+    path = tmp_path / "liar.npz"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("w.npy", member.getvalue())
+    with pytest.raises(WeightsFileError) as info:
+        load_npz_safely(path)
+    size = len(member.getvalue())
+    assert str(info.value) == (
+        f"{path}: member 'w.npy': its header declares a float64 array of shape (1000000000000,) "
+        f"(8000000000000 bytes or more), but the member holds {size} bytes"
+    )

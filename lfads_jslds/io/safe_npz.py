@@ -14,7 +14,10 @@ and scalars are therefore rebuilt here from validated plain data with public num
 constructors (numeric, bool, complex, bytes, str and object dtypes; no structured or
 datetime dtypes).
 
-This guards against code execution, not against resource exhaustion.
+Resources are bounded too: only regular files are opened (``/dev/zero`` never ends, a
+FIFO blocks), and sizes are checked before anything is expanded: the members' declared
+sizes against :data:`MAX_BYTES` (a zip bomb of zeros is refused from its directory), and
+each ``.npy`` header's shape against the bytes its member holds.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import math
 import operator
 import os
 import pickle
+import stat
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +36,10 @@ from typing import IO, Any
 
 import numpy as np
 from numpy.lib import format as npy_format
+
+#: Most bytes the members of a weights archive may expand to, all together. The paper's
+#: files hold under 1 MB; a task network of 1000 units with its Adam state about 60 MB.
+MAX_BYTES = 256 << 20
 
 
 class WeightsFileError(ValueError):
@@ -269,7 +277,7 @@ def _finish(obj: object, done: dict[int, tuple[object, object]]) -> object:
     return result
 
 
-def load_npz_safely(path: str | os.PathLike[str]) -> dict[str, object]:
+def load_npz_safely(path: str | os.PathLike[str], max_bytes: int = MAX_BYTES) -> dict[str, object]:
     """Load every member of an ``.npz`` archive without executing pickled code.
 
     Keys are member names without ``.npy``. Plain arrays are returned as arrays; object
@@ -278,28 +286,63 @@ def load_npz_safely(path: str | os.PathLike[str]) -> dict[str, object]:
     arrays, with :class:`Stub` where a pickle names a function or class).
 
     Raises :class:`WeightsFileError` (naming the file) if it does not exist, is not a
-    zip archive, or holds a member that is not a readable ``.npy`` array.
+    regular file or not a zip archive, its members would expand past ``max_bytes``, or it
+    holds a member that is not a readable ``.npy`` array.
     """
     path = Path(path)
-    if not path.exists():
-        raise WeightsFileError(f"{path} does not exist")
+    with _open_regular(path) as handle:
+        try:
+            archive = zipfile.ZipFile(handle)
+        except zipfile.BadZipFile as exc:
+            raise WeightsFileError(f"{path} is not an .npz archive (not a zip file)") from exc
+        with archive:
+            members = archive.infolist()
+            total = sum(m.file_size for m in members)
+            if total > max_bytes:
+                raise WeightsFileError(
+                    f"{path}: its members expand to {total} bytes, over the {max_bytes} bytes "
+                    "a weights file may hold (safe_npz.MAX_BYTES); not read"
+                )
+            return {
+                m.filename.removesuffix(".npy"): _read_member(archive, m, path) for m in members
+            }
+
+
+def _open_regular(path: Path) -> IO[bytes]:
+    """``path`` opened for reading, refused unless it is a regular file (symlinks followed).
+
+    Opened non-blocking so that a FIFO is refused at once instead of waiting for a writer.
+    """
     try:
-        archive = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as exc:
-        raise WeightsFileError(f"{path} is not an .npz archive (not a zip file)") from exc
-    with archive:
-        return {
-            member.removesuffix(".npy"): _read_member(archive, member, path)
-            for member in archive.namelist()
-        }
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise WeightsFileError(f"{path} does not exist") from None
+    except OSError as exc:
+        raise WeightsFileError(f"{path} cannot be opened ({exc.strerror})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = {stat.S_IFCHR: "a device", stat.S_IFIFO: "a FIFO", stat.S_IFDIR: "a folder"}
+        raise WeightsFileError(
+            f"{path} is {kind.get(stat.S_IFMT(mode), 'not a regular file')}, not a weights "
+            "file; give an .npz file or a run folder"
+        )
+    return os.fdopen(fd, "rb")
 
 
-def _read_member(archive: zipfile.ZipFile, member: str, path: Path) -> object:
-    """One ``.npy`` member: header parsed here, pickled payloads restricted."""
-    where = f"{path}: member {member!r}"
+def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, path: Path) -> object:
+    """One ``.npy`` member: header parsed and its size checked here, pickles restricted."""
+    where = f"{path}: member {member.filename!r}"
     try:
         with archive.open(member) as f:
             shape, dtype = _read_header(f, where)
+            # each element takes its itemsize, or (pickled objects) at least a byte
+            declared = math.prod(shape) * (1 if dtype.hasobject else dtype.itemsize)
+            if declared > member.file_size:
+                raise WeightsFileError(
+                    f"{where}: its header declares a {dtype} array of shape {shape} "
+                    f"({declared} bytes or more), but the member holds {member.file_size} bytes"
+                )
             if not dtype.hasobject:
                 f.seek(0)
                 return npy_format.read_array(f, allow_pickle=False)

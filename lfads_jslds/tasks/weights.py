@@ -1,7 +1,8 @@
 """Load task-network weights: the paper's released ``.npz`` files, our ``params.npz``, run folders.
 
-The paper's files hold pickles; they are read with ``io.safe_npz`` (no code runs) and
-mapped onto our parameter pytree::
+Every file is read with ``io.safe_npz``: no pickled code runs, and only regular files of
+bounded expanded size are read. The paper's files hold pickles, mapped onto our parameter
+pytree::
 
     rnn (minus h0) -> cell,  rnn.h0 -> h0,  mlp -> expansion,  out -> readout
 """
@@ -88,7 +89,7 @@ def load_task_weights(path: Path, spec: TaskSpec) -> tuple[Params, ModelConfig]:
             raise WeightsFileError(
                 f"{path} was trained on task {run_cfg.task!r}, not {spec.name!r}"
             )
-        tree = pytree_npz.unflatten(pytree_npz.load(weights))
+        tree = pytree_npz.unflatten(load_npz_safely(weights))  # regular, size-capped
         params = tree.get("params", tree)
         model = run_cfg.model
     else:
