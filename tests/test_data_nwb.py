@@ -159,9 +159,19 @@ def test_missing_move_onset_names_the_column_and_lists_the_others(tmp_path):
     assert_data_error(path, "'move_onset_time'", "start_time, stop_time, split")
 
 
-def test_unit_without_spikes_is_named(tmp_path):
+def test_units_without_spikes_are_dropped_and_named(tmp_path):
     path = write_nwb(tmp_path / "x.nwb", spikes=[[0.1], [], [0.2], []], trial_columns=TRIALS)
-    assert_data_error(path, "2 unit(s) have no spikes", "ids 1, 3")
+    with pytest.warns(UserWarning, match=r"dropped 2 unit\(s\) without spikes .*: ids 1, 3$"):
+        units = read_session(path).units
+    np.testing.assert_array_equal(units.ids, [0, 2])
+    np.testing.assert_array_equal(units.spikes(1), [0.2])
+    np.testing.assert_array_equal(units.heldout, [False, False])
+    assert units.dropped == (1, 3)
+
+
+def test_a_session_whose_every_unit_is_silent_is_refused(tmp_path):
+    path = write_nwb(tmp_path / "x.nwb", spikes=[[], []], trial_columns=TRIALS)
+    assert_data_error(path, "2 unit(s) have no spikes, which is every unit", "ids 0, 1")
 
 
 def test_unsorted_spike_times_are_named(tmp_path):

@@ -401,3 +401,109 @@ def test_an_npy_header_larger_than_its_member_is_refused(tmp_path):
         f"{path}: member 'w.npy': its header declares a float64 array of shape (1000000000000,) "
         f"(8000000000000 bytes or more), but the member holds {size} bytes"
     )
+
+
+# --- 7. prepare -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_session():
+    """A small synthetic session in memory (12 + 4 units, 36 trials), to be broken and written."""
+    from test_data_nwb import TINY as TINY_SESSION
+
+    from lfads_jslds.data import synth
+
+    return synth.make_synthetic(TINY_SESSION, seed=2)
+
+
+def _write_session(tmp_path, monkeypatch, session):
+    from lfads_jslds.data import synth
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # pynwb's cache, not $HOME
+    path = tmp_path / "session.nwb"
+    synth.write_nwb(path, session)
+    return path
+
+
+@pytest.fixture
+def no_binning(monkeypatch):
+    """Spikes must never be binned: a refused input is caught before that work."""
+    from lfads_jslds.data import prepare as prep
+
+    def refuse(*_, **__):
+        raise AssertionError("spikes binned")
+
+    monkeypatch.setattr(prep, "spike_tensor", refuse)
+
+
+@pytest.mark.parametrize("lag_ms", [10**8, -(10**8)])
+def test_prepare_refuses_a_lag_that_leaves_no_behaviour(
+    tmp_path, monkeypatch, tiny_session, no_binning, lag_ms
+):
+    nwb = _write_session(tmp_path, monkeypatch, tiny_session)
+    out = tmp_path / "t.h5"
+    result = invoke("prepare", nwb, "--out", out, "--bin-ms", 20, "--lag-ms", lag_ms)
+    assert_refused(
+        result,
+        str(nwb),
+        f"behaviour lag of {lag_ms} ms",
+        "no train trial has a finite processing/behavior/hand_vel sample",
+        f"{-250 + lag_ms} to {450 + lag_ms} ms from move_onset_time",
+        "--lag-ms",
+    )
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("column", ["start_time", "stop_time"])
+def test_nan_trial_times_are_caught_with_the_trial(tmp_path, monkeypatch, tiny_session, column):
+    import dataclasses
+
+    trials = dict(tiny_session.trials)
+    trials[column] = np.array(trials[column], dtype=np.float64)
+    trials[column][[4, 7]] = np.nan
+    nwb = _write_session(tmp_path, monkeypatch, dataclasses.replace(tiny_session, trials=trials))
+    out = tmp_path / "t.h5"
+    result = invoke("prepare", nwb, "--out", out, "--bin-ms", 20)
+    assert_refused(  # the synthetic trials table numbers its ids by row
+        result,
+        f"{nwb}: /intervals/trials/{column} is NaN or infinite in 2 trial(s): rows 4, 7 (ids 4, 7)",
+        "fix or remove those trials",
+    )
+    assert not out.exists()
+
+
+def test_a_unit_without_spikes_is_dropped_named_and_recorded(tmp_path, monkeypatch, tiny_session):
+    import dataclasses
+
+    import h5py
+
+    from lfads_jslds.data.nwb import read_session
+
+    off = tiny_session.spike_offsets
+    silent = 5  # a held-in or held-out unit alike: its spikes are removed
+    spikes = np.delete(tiny_session.spike_times, np.arange(off[silent], off[silent + 1]))
+    offsets = off.copy()
+    offsets[silent + 1 :] -= off[silent + 1] - off[silent]
+    quiet = dataclasses.replace(tiny_session, spike_times=spikes, spike_offsets=offsets)
+    nwb = _write_session(tmp_path, monkeypatch, quiet)
+
+    with pytest.warns(UserWarning, match=r"dropped 1 unit\(s\) without spikes .*ids 5$"):
+        units = read_session(nwb).units
+    kept = [u for u in range(16) if u != silent]
+    assert units.dropped == (silent,)
+    np.testing.assert_array_equal(units.ids, kept)
+    np.testing.assert_array_equal(units.heldout, tiny_session.heldout[kept])
+    obs, obs_off = tiny_session.obs_intervals, tiny_session.obs_offsets
+    for k, u in enumerate(kept):  # every other unit keeps its own spikes and intervals
+        np.testing.assert_array_equal(units.spikes(k), spikes[offsets[u] : offsets[u + 1]])
+        np.testing.assert_array_equal(units.intervals(k), obs[obs_off[u] : obs_off[u + 1]])
+
+    out = tmp_path / "t.h5"
+    with pytest.warns(UserWarning, match=r"without spikes .*ids 5$"):  # the CLI prints it
+        result = invoke("prepare", nwb, "--out", out, "--bin-ms", 20)
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    with h5py.File(out, "r") as f:
+        assert list(f.attrs["dropped_unit_ids"]) == [silent]
+        np.testing.assert_array_equal(f["unit_ids"][()], kept)
+        n_units = f["train_spikes_heldin"].shape[2] + f["train_spikes_heldout"].shape[2]
+    assert n_units == 15

@@ -102,7 +102,8 @@ def tensors_from_nwb(
     """Prepare NLB tensors from ``nwb`` and write them, with their attributes, to ``out``.
 
     ``bin_ms`` None: ``DEFAULT_NWB_BIN_MS``. The split options (see ``prepare``) are
-    recorded as attributes when given, ``split_seed`` always.
+    recorded as attributes when given, ``split_seed`` always, and the ids of units dropped
+    for having no spikes as ``dropped_unit_ids``.
     """
     bin_ms = DEFAULT_NWB_BIN_MS if bin_ms is None else bin_ms
     session = read_session(nwb, behavior=["hand_vel"])
@@ -124,6 +125,8 @@ def tensors_from_nwb(
         "split_seed": split_seed,
         **{k: np.asarray(v) for k, v in split.items() if v is not None},
     }
+    if session.units.dropped:  # units without spikes, left out with a warning
+        attrs["dropped_unit_ids"] = np.asarray(session.units.dropped)
     write_tensors(out, tensors, attrs)
     return tensors, attrs
 

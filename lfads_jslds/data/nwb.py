@@ -6,11 +6,14 @@ h5py reads it without building every container or writing pynwb's namespace cach
 arrays come straight out as numpy: a session is never expanded to a 1 ms table. Only the
 behaviour series asked for are read.
 
-Every problem with the file raises ``DataError`` naming the file and the field.
+Every problem with the file raises ``DataError`` naming the file and the field, except
+units without any spike: they carry nothing to fit, so they are dropped with a warning
+naming their ids (``Units.dropped``) rather than refusing the session.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +35,8 @@ class Units:
     """Sorted units, NWB-style: spikes of all units in one flat array.
 
     Unit ``u`` owns ``spike_times[offsets[u]:offsets[u + 1]]`` (s, sorted) and
-    ``obs_intervals[obs_offsets[u]:obs_offsets[u + 1]]`` ([interval, 2], s).
+    ``obs_intervals[obs_offsets[u]:obs_offsets[u + 1]]`` ([interval, 2], s). ``dropped``:
+    ids of the file's units left out for having no spikes.
     """
 
     ids: np.ndarray  # [unit]
@@ -41,6 +45,7 @@ class Units:
     heldout: np.ndarray | None  # [unit] bool; None when the file has no heldout column
     obs_intervals: np.ndarray | None  # [interval, 2] s
     obs_offsets: np.ndarray | None  # [unit + 1]
+    dropped: tuple[int, ...] = ()
 
     @property
     def n_units(self) -> int:
@@ -135,8 +140,7 @@ def _attr(obj: h5py.HLObject, name: str) -> Any:
 
 
 def _units_error(path: Path, ids: np.ndarray, bad: np.ndarray, what: str) -> DataError:
-    shown = ", ".join(str(i) for i in ids[bad][:20]) + (" ..." if bad.sum() > 20 else "")
-    return DataError(f"{path}: /units: {bad.sum()} unit(s) {what}: ids {shown}")
+    return DataError(f"{path}: /units: {bad.sum()} unit(s) {what}: ids {_first(ids[bad], 20)}")
 
 
 def _read_units(path: Path, f: h5py.File) -> Units:
@@ -157,8 +161,8 @@ def _read_units(path: Path, f: h5py.File) -> Units:
             f"({times.size} spikes, index ends at {offsets[-1]})"
         )
     counts = np.diff(offsets)
-    if np.any(counts == 0):
-        raise _units_error(path, ids, counts == 0, "have no spikes")
+    if np.all(counts == 0):
+        raise _units_error(path, ids, counts == 0, "have no spikes, which is every unit")
     owner = np.repeat(np.arange(ends.size), counts)  # [spike] unit index
     bad = np.zeros(ends.size, bool)
     bad[owner[~np.isfinite(times) | (times < 0)]] = True
@@ -175,7 +179,34 @@ def _read_units(path: Path, f: h5py.File) -> Units:
     if "obs_intervals" in g and "obs_intervals_index" in g:
         obs = np.asarray(g["obs_intervals"][()], dtype=np.float64).reshape(-1, 2)
         obs_offsets = np.concatenate([[0], g["obs_intervals_index"][()].astype(np.int64)])
-    return Units(ids, times, offsets, heldout, obs, obs_offsets)
+    units = Units(ids, times, offsets, heldout, obs, obs_offsets)
+    if np.any(counts == 0):
+        warnings.warn(
+            f"{path}: /units: dropped {int((counts == 0).sum())} unit(s) without spikes "
+            f"(nothing to fit): ids {_first(ids[counts == 0], 20)}",
+            stacklevel=3,
+        )
+        units = _keep_units(units, counts > 0)
+    return units
+
+
+def _keep_units(units: Units, keep: np.ndarray) -> Units:
+    """``units`` less those where ``keep [unit]`` is False (each without spikes), their ids
+    recorded in ``dropped``."""
+    obs, obs_offsets = units.obs_intervals, units.obs_offsets
+    if obs is not None and obs_offsets is not None:
+        per_unit = np.diff(obs_offsets)
+        obs = obs[np.repeat(keep, per_unit)]
+        obs_offsets = np.concatenate([[0], np.cumsum(per_unit[keep])])
+    return Units(
+        ids=units.ids[keep],
+        spike_times=units.spike_times,  # the dropped units own none of them
+        offsets=np.concatenate([[0], units.offsets[1:][keep]]),
+        heldout=None if units.heldout is None else units.heldout[keep],
+        obs_intervals=obs,
+        obs_offsets=obs_offsets,
+        dropped=(*units.dropped, *units.ids[~keep].tolist()),
+    )
 
 
 def _read_column(g: h5py.Group, name: str) -> np.ndarray:
@@ -211,7 +242,21 @@ def _read_trials(path: Path, f: h5py.File, required: Sequence[str]) -> dict[str,
             raise DataError(
                 f"{path}: /intervals/trials has no column {name!r}; it has: {', '.join(names)}"
             )
+    for name in ("start_time", "stop_time"):  # NWB requires both, finite, for every trial
+        times = np.asarray(trials.get(name, []), dtype=np.float64)
+        rows = np.flatnonzero(~np.isfinite(times))
+        if rows.size:
+            raise DataError(
+                f"{path}: /intervals/trials/{name} is NaN or infinite in {rows.size} trial(s): "
+                f"rows {_first(rows)} (ids {_first(trials['id'][rows])}); every trial needs a "
+                "finite start_time and stop_time: fix or remove those trials"
+            )
     return trials
+
+
+def _first(values: np.ndarray, n: int = 10) -> str:
+    """The first ``n`` values, comma-separated, "..." when there are more."""
+    return ", ".join(str(v) for v in values[:n]) + (" ..." if len(values) > n else "")
 
 
 def _read_behavior(

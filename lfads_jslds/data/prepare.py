@@ -216,6 +216,30 @@ def _check_params(
         raise DataError(f"phase must be 'val' or 'test', got {phase!r}")
 
 
+def _check_behavior_seen(
+    series: Behavior,
+    binned: np.ndarray,
+    part: str,
+    lag_ms: int,
+    window_ms: tuple[int, int],
+    align_field: str,
+    path: Path,
+) -> None:
+    """Refuse a behaviour lag that leaves ``binned [trial, bin, channel]`` all NaN: every
+    lagged window falls outside the series (or on its NaN samples) and vel R2 would be
+    computed from nothing."""
+    if not np.isnan(binned).all():
+        return
+    times = series.times()
+    raise DataError(
+        f"{path}: with the behaviour lag of {lag_ms} ms, no {part} trial has a finite "
+        f"processing/behavior/{series.name} sample in its window ({window_ms[0] + lag_ms} to "
+        f"{window_ms[1] + lag_ms} ms from {align_field}; the series spans {times[0]:g} to "
+        f"{times[-1]:g} s): the lag is out of range; give a --lag-ms (data.lag_ms) that keeps "
+        "the windows inside the series (NLB: 100 for MC_Maze, 120 for the others), or none"
+    )
+
+
 def _check_split(
     path: Path,
     phase: str,
@@ -262,7 +286,9 @@ def _heldout_flags(
     if listed is not None:
         absent = sorted(set(listed) - set(units.ids.tolist()))
         if absent:
-            raise DataError(f"{path}: heldout_units names ids not in /units: {absent[:10]}")
+            gone = sorted(set(absent) & set(units.dropped))
+            note = f" ({gone[:10]} dropped for having no spikes)" if gone else ""
+            raise DataError(f"{path}: heldout_units names ids not in /units: {absent[:10]}{note}")
         flags = np.isin(units.ids, listed)
         how = f"the {int(flags.sum())} listed units"
     elif fraction is not None:
@@ -467,6 +493,21 @@ def prepare(
     forward_ms = _forward_room(session, align_field, align, both, w1, forward_ms)
     windows = {"": (w0, w1), "_forward": (w1, w1 + forward_ms)} if forward_ms else {"": (w0, w1)}
     out: dict[str, np.ndarray] = {}
+    if behavior is None:
+        warnings.warn(
+            f"{path}: no behaviour series {behavior_field!r} (available: "
+            f"{', '.join(session.behavior_available) or 'none'}); the tensors have no "
+            "train_behavior/eval_behavior and behaviour metrics (vel R2) will be skipped",
+            stacklevel=2,
+        )
+    else:  # before the spikes: a lag that leaves no behaviour fails fast
+        for part, idx in rows.items():
+            if part == "eval" and phase == "test":
+                continue  # hidden in NLB, as the held-out spikes are
+            starts = align[idx] + (w0 + lag) / 1000.0
+            binned = resample_behavior(behavior, starts, (w1 - w0) // bin_ms, bin_ms)
+            _check_behavior_seen(behavior, binned, part, lag, (w0, w1), align_field, path)
+            out[f"{part}_behavior"] = binned.astype(np.float32)
     for part, idx in rows.items():
         for group, members in groups.items():
             for suffix, window in windows.items():
@@ -486,21 +527,6 @@ def prepare(
             "obs_intervals; their counts are NaN",
             stacklevel=2,
         )
-
-    if behavior is None:
-        warnings.warn(
-            f"{path}: no behaviour series {behavior_field!r} (available: "
-            f"{', '.join(session.behavior_available) or 'none'}); the tensors have no "
-            "train_behavior/eval_behavior and behaviour metrics (vel R2) will be skipped",
-            stacklevel=2,
-        )
-    else:
-        for part, idx in rows.items():
-            if part == "eval" and phase == "test":
-                continue  # hidden in NLB, as the held-out spikes are
-            starts = align[idx] + (w0 + lag) / 1000.0
-            binned = resample_behavior(behavior, starts, (w1 - w0) // bin_ms, bin_ms)
-            out[f"{part}_behavior"] = binned.astype(np.float32)
 
     order = np.concatenate([groups["heldin"], groups["heldout"]])
     kern = used["psth_kern_sd_ms"]
