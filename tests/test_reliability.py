@@ -72,7 +72,8 @@ BAD_LFADS_VALUES = [
     ("model.dropout", ".nan", "not a finite number", "a value with 0 <= value < 1"),
     ("loss.kl_ic", "-1", "out of range", "a value with 0 <= value"),
     ("data.val_fraction", "1.0", "out of range", "a value with 0 < value < 1"),
-    ("evaluate.smooth_cv_sd_ms", "[20, .nan]", "not a finite number", "a finite number"),
+    ("evaluate.smooth_cv_sd_ms", "[20, .nan]", "not a finite number", "a value with 0 < value"),
+    ("evaluate.smooth_alpha", "0", "out of range", "a value with 0 < value"),
 ]
 
 

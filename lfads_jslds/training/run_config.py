@@ -76,22 +76,15 @@ class EvaluateConfig:
     """
 
     smooth_cv: bool = True
-    smooth_cv_sd_ms: tuple[float, ...] = (20.0, 40.0, 60.0, 80.0)
-    smooth_cv_alphas: tuple[float, ...] = (0.01, 0.1, 0.3, 1.0, 3.0)
+    smooth_cv_sd_ms: tuple[Positive, ...] = (20.0, 40.0, 60.0, 80.0)
+    smooth_cv_alphas: tuple[Positive, ...] = (0.01, 0.1, 0.3, 1.0, 3.0)
     smooth_cv_folds: int = 3
-    smooth_sd_ms: float | None = None
-    smooth_alpha: float | None = None
+    smooth_sd_ms: Positive | None = None
+    smooth_alpha: Positive | None = None
 
     def __post_init__(self) -> None:
-        grids = {"smooth_cv_sd_ms": self.smooth_cv_sd_ms, "smooth_cv_alphas": self.smooth_cv_alphas}
-        for key in ("smooth_sd_ms", "smooth_alpha"):
-            if getattr(self, key) is not None:
-                grids[key] = (getattr(self, key),)
-        bad = [
-            f"evaluate.{k} = {getattr(self, k)!r} (needs values > 0)"
-            for k, v in grids.items()
-            if not v or min(v) <= 0
-        ]
+        grids = ("smooth_cv_sd_ms", "smooth_cv_alphas")  # values: > 0 by their annotation
+        bad = [f"evaluate.{k} = () (needs a value)" for k in grids if not getattr(self, k)]
         if self.smooth_cv_folds < 2:
             bad.append(f"evaluate.smooth_cv_folds = {self.smooth_cv_folds} (needs at least 2)")
         if bad:
