@@ -71,6 +71,7 @@ the cell acts on one sample, ``cell(params, h: [n], u: [u_dim]) -> [n]``, linear
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from collections.abc import Callable
@@ -82,6 +83,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from threadpoolctl import threadpool_limits
+from tqdm.auto import tqdm
 
 from lfads_jslds.analysis.eigen import (
     EIG_SORT,
@@ -167,6 +169,8 @@ class JacobianModes:
     imag_tol: float
     rule: str
     sort: str = EIG_SORT
+    exact: bool = True
+    n_exact: int = 0
 
 
 #: Dominant-pair rules (module docstring): the pair carrying the most modal motion
@@ -222,46 +226,311 @@ def _solve_modes(V: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     return out
 
 
-def _modes_block(jh: np.ndarray, ju: np.ndarray, d: np.ndarray, imag_tol: float, rule: str) -> dict:
-    """Eigen-decomposition and dominant rotating pair of a block of points.
-
-    ``jh: [b, n, n]``, ``ju: [b, n, m]``, ``d: [b, n]`` (float64). Returns per-point
-    arrays (see :class:`JacobianModes`) plus ``v: [b, n]`` the dominant right eigenvector.
-    """
-    b, n = d.shape
+def _eig_sorted(jh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues ``[b, n]`` and right eigenvectors ``[b, n, n]`` (complex128, EIG_SORT)."""
     lam, V = np.linalg.eig(jh)  # real outputs when the whole block has a real spectrum
     lam = lam.astype(np.complex128, copy=False)
     V = V.astype(np.complex128, copy=False)
     order = _sort_index(lam)
-    lam = np.take_along_axis(lam, order, axis=-1)
-    V = np.take_along_axis(V, order[:, None, :], axis=-1)
+    return np.take_along_axis(lam, order, axis=-1), np.take_along_axis(V, order[:, None, :], -1)
 
-    rhs = np.concatenate([d[:, :, None], ju], axis=-1).astype(np.complex128)
-    coef = _solve_modes(V, rhs)  # [b, n, 1 + m]: mode coordinates of d and of J_u's columns
-    vnorm = np.linalg.norm(V, axis=-2)  # [b, n]
-    amp = np.abs(coef[:, :, 0]) * vnorm  # amplitude of each mode in d
-    weight = amp * np.abs(lam - 1.0) if rule == "motion" else amp
-    total = weight.sum(-1)
 
-    rotating = lam.imag > imag_tol * np.abs(lam)  # one member (Im > 0) per pair
-    has = rotating.any(-1)
-    k = np.argmax(np.where(rotating, weight, -1.0), axis=-1)  # first max = slowest on ties
-    rows = np.arange(b)
-    pair_weight = np.where(has, 2.0 * weight[rows, k], 0.0)
+def _weight(lam: np.ndarray, amp: np.ndarray, rule: str) -> np.ndarray:
+    """A mode's weight under ``rule``: its motion ``|λ − 1|·amp`` or its amplitude."""
+    return amp * np.abs(lam - 1.0) if rule == "motion" else amp
+
+
+def _rotating(lam: np.ndarray, imag_tol: float) -> np.ndarray:
+    """The ``Im λ > 0`` member of each rotating pair (``Im λ > imag_tol · |λ|``)."""
+    return lam.imag > imag_tol * np.abs(lam)
+
+
+def _point_fields(lam, has, k, lam_k, weight_k, total, amp_k, gain_k, d, v_k) -> dict:
+    """The per-point outputs of a block (see :class:`JacobianModes`), zeros where ``~has``.
+
+    ``lam: [b, n]`` sorted eigenvalues, ``k: [b]`` the dominant index, ``lam_k``,
+    ``weight_k``, ``amp_k``, ``gain_k`` its eigenvalue, weight, amplitude and input gain
+    (one member of the pair), ``total: [b]`` the summed weight of all n modes,
+    ``v_k: [b, n]`` its right eigenvector.
+    """
     with np.errstate(invalid="ignore", divide="ignore"):
-        share = np.where(total > 0, pair_weight / np.where(total > 0, total, 1.0), 0.0)
-    gain = 2.0 * np.linalg.norm(coef[rows, k, 1:], axis=-1) * vnorm[rows, k]
+        share = np.where(total > 0, 2.0 * weight_k / np.where(total > 0, total, 1.0), 0.0)
     return {
         "eigenvalues": lam.astype(np.complex64),
         "has_rotation": has,
         "dominant_index": np.where(has, k, -1),
-        "dominant_eigenvalue": np.where(has, lam[rows, k], 0.0),
-        "share": np.clip(share, 0.0, 1.0),
-        "amplitude": np.where(has, 2.0 * amp[rows, k], 0.0),
-        "input_gain": np.where(has, gain, 0.0),
+        "dominant_eigenvalue": np.where(has, lam_k, 0.0),
+        "share": np.where(has, np.clip(share, 0.0, 1.0), 0.0),
+        "amplitude": np.where(has, 2.0 * amp_k, 0.0),
+        "input_gain": np.where(has, 2.0 * gain_k, 0.0),
         "deviation_norm": np.linalg.norm(d, axis=-1),
-        "v": np.where(has[:, None], V[rows, :, k], 0.0),
+        "v": np.where(has[:, None], v_k, 0.0),
     }
+
+
+def _modes_block(jh: np.ndarray, ju: np.ndarray, d: np.ndarray, imag_tol: float, rule: str) -> dict:
+    """Eigen-decomposition and dominant rotating pair of a block of points (exact path).
+
+    ``jh: [b, n, n]``, ``ju: [b, n, m]``, ``d: [b, n]`` (float64). Returns per-point
+    arrays (see :class:`JacobianModes`) plus ``v: [b, n]`` the dominant right eigenvector.
+    """
+    lam, V = _eig_sorted(jh)
+    rhs = np.concatenate([d[:, :, None], ju], axis=-1).astype(np.complex128)
+    coef = _solve_modes(V, rhs)  # [b, n, 1 + m]: mode coordinates of d and of J_u's columns
+    vnorm = np.linalg.norm(V, axis=-2)  # [b, n]
+    amp = np.abs(coef[:, :, 0]) * vnorm  # amplitude of each mode in d
+    weight = _weight(lam, amp, rule)
+    rotating = _rotating(lam, imag_tol)
+    has = rotating.any(-1)
+    k = np.argmax(np.where(rotating, weight, -1.0), axis=-1)  # first max = slowest on ties
+    rows = np.arange(d.shape[0])
+    gain = np.linalg.norm(coef[rows, k, 1:], axis=-1) * vnorm[rows, k]
+    return _point_fields(
+        lam, has, k, lam[rows, k], weight[rows, k], weight.sum(-1), amp[rows, k], gain, d,
+        V[rows, :, k],
+    )  # fmt: skip
+
+
+#: Fast path (``jacobian_modes(exact=False)``): the largest accepted second-order term of
+#: the dominant eigenvalue, i.e. the error of its first-order value (|Δλ|, dimensionless).
+FAST_TOL = 1e-6
+#: Fast path: the largest accepted Bauer–Fike radius ``κ(V_r)‖J_h − J_r‖_F`` (|Δλ| of any
+#: eigenvalue before its first-order shift).
+FAST_SPECTRUM_TOL = 5e-2
+#: Fast path: the most modes per point whose rotation or weight is refined before the
+#: point is decomposed exactly instead.
+FAST_CONTENDERS = 32
+#: Fast path: a rotating pair is refined when its weight is within
+#: ``max(CLOSE_MIN, CLOSE_FACTOR · δ)`` of the dominant pair's (relative; ``δ`` the dominant
+#: pair's relative change of weight on refinement); farther ones are taken as beaten.
+CLOSE_FACTOR = 20.0
+CLOSE_MIN = 0.05
+#: Fast path: the largest perturbation ratio ``|F_lj| / |λ_j − λ_l|`` accepted for a refined
+#: mode (the perturbation series then shrinks at least tenfold per order).
+RHO_MAX = 0.1
+
+
+def _refine(E, lam, V, W, gram, coef, j, rule):
+    """First-order eigenvectors and second-order eigenvalues of modes ``j`` of ``J_r + E``.
+
+    ``J_r = V diag(lam) W`` (``W = V^{-1}``, ``gram = Vᴴ V``, shared by the block),
+    ``E: [b, n, n]`` each point's ``J_h − J_r``, ``coef: [b, n, 1 + m]`` the mode
+    coordinates ``W [d, J_u]`` at ``J_r``, ``j: [b, c]`` ``c`` mode indices per point.
+    With ``F = W E V`` (only rows and columns ``j`` formed: ``O(c n²)`` per point, one
+    pass over ``E``) and ``P_jl = 1 / (λ_j − λ_l)`` (0 at ``l = j``):
+
+    - ``λ_j' = λ_j + F_jj + Σ_l F_jl F_lj P_jl`` (second order);
+    - ``v_j' = v_j + Σ_l F_lj P_jl v_l`` and ``w_j' = w_j + Σ_l F_jl P_jl w_l`` (first
+      order), so ``w_j' [d, J_u] = coef_j + Σ_l F_jl P_jl coef_l`` and, to first order,
+      ``‖v_j'‖ = ‖v_j‖ + Re(Σ_l gram_jl F_lj P_jl) / ‖v_j‖``.
+
+    Returns ``[b, c]`` arrays: ``lam`` (λ_j'), ``second`` (|second-order term|), ``rho``
+    (the largest ratio ``|F_lj P_jl|`` or ``|F_jl P_jl|``: the perturbation series shrinks
+    by about that factor per order), ``amp``, ``gain``, ``weight`` (as ``_modes_block``
+    defines them, from ``w_j'``, ``v_j'``, ``λ_j'``) and ``pv: [b, c, n]`` (``v_j' = v_j +
+    V pv``).
+    """
+    vj = np.moveaxis(V[:, j], 0, -1)  # [b, c, n]
+    wj = W[j]  # [b, c, n]
+    x = np.concatenate([vj.real, vj.imag], axis=1)  # real and imaginary parts apart:
+    y = np.concatenate([wj.real, wj.imag], axis=1)  # no complex copy of E
+    c = j.shape[1]
+    ev = x @ np.swapaxes(E, 1, 2)  # rows (E v_j)ᵀ
+    we = y @ E  # rows w_j E
+    col = (ev[:, :c] + 1j * ev[:, c:]) @ W.T  # [b, c, l]: F_lj = w_l E v_j
+    row = (we[:, :c] + 1j * we[:, c:]) @ V  # [b, c, l]: F_jl = w_j E v_l
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv_gap = 1.0 / (lam[j][:, :, None] - lam)
+    self_ = j[:, :, None] == np.arange(lam.size)
+    inv_gap[self_] = 0.0
+    pv, pw = col * inv_gap, row * inv_gap
+    second = np.sum(row * pv, axis=-1)
+    lam_j = lam[j] + row[self_].reshape(j.shape) + second
+    rows = np.arange(j.shape[0])[:, None]
+    cw = coef[rows, j] + pw @ coef  # [b, c, 1 + m]: w_j' [d, J_u]
+    vn0 = np.sqrt(np.real(gram[j, j]))
+    vn = vn0 + np.real(np.einsum("bcl,bcl->bc", gram[j], pv)) / vn0
+    amp = np.abs(cw[..., 0]) * vn
+    rho = np.maximum(np.abs(pv).max(-1), np.abs(pw).max(-1))
+    return {
+        "lam": lam_j,
+        "second": np.abs(second),
+        "rho": np.where(np.isfinite(rho), rho, np.inf),
+        "amp": amp,
+        "gain": np.linalg.norm(cw[..., 1:], axis=-1) * vn,
+        "weight": _weight(lam_j, amp, rule),
+        "pv": pv,
+    }
+
+
+def _tail(rho: np.ndarray) -> np.ndarray:
+    """``ρ / (1 − ρ)``: the neglected rest of a series whose terms shrink by ``ρ`` per order,
+    relative to the last term kept (``inf`` for ``ρ ≥ 1``)."""
+    with np.errstate(divide="ignore"):
+        return np.where(rho < 1, rho / np.where(rho < 1, 1 - rho, 1.0), np.inf)
+
+
+def _frobenius(x: np.ndarray) -> np.ndarray:
+    """``‖x_i‖_F`` of each ``x_i: [n, n]`` in ``x: [b, n, n]``."""
+    return np.sqrt(np.einsum("bij,bij->b", x, x))
+
+
+def _first_order_shift(E: np.ndarray, lam: np.ndarray, V: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """``F_kk = w_k E v_k`` of every mode ``k`` and point, ``[b, n]`` complex, as one GEMM.
+
+    ``E: [b, n, n]`` real. The real and imaginary parts of ``w_k ⊗ v_k`` (``[n, n²]``)
+    are stacked for the eigenvalues with ``Im λ ≥ 0`` only (a real mode's is real); each
+    conjugate partner (``Im λ < 0``, right after its ``Im λ > 0`` member in EIG_SORT) gets
+    the conjugate shift, so pairs stay exact conjugates and real eigenvalues real. Float32
+    GEMM: ``E`` comes from float32 Jacobians, and the rounding (≈ 1e-7 ‖W‖‖E‖‖V‖) is far
+    below any tolerance here.
+    """
+    n = lam.size
+    real = np.flatnonzero(lam.imag == 0)
+    lead = np.flatnonzero(lam.imag > 0)
+    part = np.minimum(lead + 1, n - 1)
+    paired = 2 * lead.size + real.size == n and np.array_equal(lam[part], lam[lead].conj())
+    keep = np.concatenate([real, lead]) if paired else np.arange(n)
+    G = (W[keep][:, :, None] * V.T[keep][:, None, :]).reshape(keep.size, n * n)
+    parts = [G.real] + ([G[real.size :].imag] if paired else [G.imag])
+    flat = E.reshape(E.shape[0], -1).astype(np.float32)
+    s = flat @ np.concatenate(parts).T.astype(np.float32)  # [b, rows]
+    shift = np.zeros((E.shape[0], n), np.complex128)
+    if paired:
+        shift[:, real] = s[:, : real.size]
+        lead_shift = s[:, real.size : real.size + lead.size] + 1j * s[:, real.size + lead.size :]
+        shift[:, lead] = lead_shift
+        shift[:, lead + 1] = lead_shift.conj()
+    else:
+        shift[:] = s[:, :n] + 1j * s[:, n:]
+    return shift
+
+
+def _modes_block_fast(
+    jh: np.ndarray,
+    ju: np.ndarray,
+    d: np.ndarray,
+    imag_tol: float,
+    rule: str,
+    tol: float,
+    spectrum_tol: float,
+) -> tuple[dict, int]:
+    """``_modes_block`` by perturbation from one exactly decomposed point of the block.
+
+    The representative ``r`` is the point whose ``J_h`` is nearest (Frobenius) the
+    block's mean. Every other point ``i`` is ``J_r + E_i`` and is accepted when
+
+    1. Bauer–Fike holds the whole spectrum: ``κ(V_r) ‖E_i‖_F ≤ spectrum_tol`` (every
+       eigenvalue of ``J_i`` lies within that distance of one of ``J_r``'s);
+    2. its dominant pair, refined by :func:`_refine`, has a second-order term at most
+       ``tol`` (the error of its first-order eigenvalue; the second-order value is kept)
+       and a perturbation ratio ``ρ ≤ RHO_MAX``, and its rotation test
+       ``Im λ > imag_tol·|λ|`` holds by more than ``tol``;
+    3. the choice is unambiguous: refined the same way, the best other rotating pair
+       trails by more than twice the two refinements' changes of weight, and no mode
+       whose rotation Bauer–Fike leaves open (near the rotation threshold, or a real
+       eigenvalue within ``2κ‖E_i‖`` of another) weighs half the dominant pair's.
+
+    Accepted points get ``J_r``'s eigenvalues plus the first-order shifts ``F_kk``
+    (``F = W E V``; one float32 GEMM per block, conjugate pairs kept exact), the mode
+    coordinates ``W d`` and ``W J_u`` of the representative's left eigenvectors, and the
+    refined dominant pair. The rest are decomposed exactly. Returns the fields of
+    ``_modes_block`` and the number of points decomposed with LAPACK.
+    """
+    b, n = d.shape
+    r = int(np.argmin(_frobenius(jh - jh.mean(0))))
+    lam_r, V_r = _eig_sorted(jh[r : r + 1])
+    lam, V = lam_r[0], V_r[0]
+    try:
+        W = np.linalg.inv(V)
+    except np.linalg.LinAlgError:
+        return _modes_block(jh, ju, d, imag_tol, rule), b
+    kappa = np.linalg.norm(V, 2) * np.linalg.norm(W, 2)
+    E = jh - jh[r]
+    rad = kappa * _frobenius(E)  # Bauer–Fike radius, ‖E‖_2 ≤ ‖E‖_F
+    ok = np.isfinite(rad) & (rad <= spectrum_tol)
+    ok[r] = False  # decomposed exactly below, with the failures
+    good = np.zeros(b, bool)
+    out = None
+    if ok.any():  # all points are computed, only the accepted ones kept
+        rows = np.arange(b)
+        lam1 = lam + _first_order_shift(E, lam, V, W)  # [b, n]
+        coef = W @ np.concatenate([d[:, :, None], ju], axis=-1)  # [b, n, 1 + u]
+        gram = V.conj().T @ V
+        vnorm = np.sqrt(np.real(np.diagonal(gram)))
+        amp = np.abs(coef[:, :, 0]) * vnorm
+        weight = _weight(lam1, amp, rule)
+        rotating = _rotating(lam1, imag_tol)
+        # modes whose rotation a first-order move |Δλ_l| ≤ s_l ‖E‖ (s_l = ‖w_l‖‖v_l‖, the
+        # eigenvalue's condition number) leaves open: near the rotation threshold, or real
+        # and within reach of the next real eigenvalue (only neighbours on the real line
+        # can meet and leave it as a pair)
+        with np.errstate(invalid="ignore"):
+            move = np.linalg.norm(W, axis=1) * vnorm * (rad / kappa)[:, None]  # [b, n]
+        near = np.abs(lam1.imag - imag_tol * np.abs(lam1)) <= move * (1 + imag_tol)
+        real = np.flatnonzero(lam.imag == 0)
+        line = real[np.argsort(lam[real].real)]
+        hit = (move[:, line[:-1]] + move[:, line[1:]]) >= np.diff(lam[line].real)
+        reach = np.zeros((b, n), bool)
+        reach[:, line[:-1]] |= hit
+        reach[:, line[1:]] |= hit
+        open_ = (near | reach) & (lam1.imag >= 0)
+        has = rotating.any(-1)
+        k = np.argmax(np.where(rotating, weight, -1.0), axis=-1)
+        top = {
+            key: val[:, 0]
+            for key, val in _refine(E, lam, V, W, gram, coef, k[:, None], rule).items()
+        }
+        w_top = np.where(has, top["weight"], 0.0)
+        # contenders, refined like the top pair: modes whose rotation is open weighing at
+        # least half the top pair's, and rotating pairs within CLOSE_FACTOR times the top
+        # pair's relative change of weight (both are first order in ‖E‖; at least 5 %)
+        rel = np.abs(top["weight"] - weight[rows, k]) / np.where(w_top > 0, w_top, 1.0)
+        close = 1.0 - np.maximum(CLOSE_MIN, CLOSE_FACTOR * rel)
+        contend = (open_ & (weight >= 0.5 * w_top[:, None])) | (
+            rotating & (weight >= close[:, None] * w_top[:, None])
+        )
+        contend[rows, k] &= ~has
+        count = contend.sum(-1)
+        c = min(FAST_CONTENDERS, int(count.max(initial=0)))
+        ranked = np.argsort(np.where(contend, -weight, np.inf), axis=-1, kind="stable")[:, :c]
+        live = np.arange(c) < count[:, None]  # [b, c]
+        other = _refine(E, lam, V, W, gram, coef, ranked, rule)
+        # errors left after refinement, estimated as the rest of a geometric series
+        top_err = _tail(top["rho"]) * top["second"]
+        oth_err = _tail(other["rho"]) * other["second"]
+        margin = top["lam"].imag - imag_tol * np.abs(top["lam"])
+        pair = lam[ranked].imag > 0  # a complex pair of J_r; a real eigenvalue stays real
+        gap_rot = np.abs(other["lam"].imag - imag_tol * np.abs(other["lam"]))
+        resolved = (other["rho"] <= RHO_MAX) & (~pair | (gap_rot > oth_err + tol))
+        rot = pair & _rotating(other["lam"], imag_tol)
+        w0 = np.take_along_axis(weight, ranked, -1)
+        slack = (_tail(top["rho"]) * np.abs(top["weight"] - weight[rows, k]))[:, None]
+        slack = 2 * (slack + _tail(other["rho"]) * np.abs(other["weight"] - w0))
+        beaten = has[:, None] & (top["weight"][:, None] - other["weight"] > slack)
+        good = (
+            ok
+            & (count <= FAST_CONTENDERS)
+            & (~live | (resolved & (~rot | beaten))).all(-1)
+            & (~has | ((top_err <= tol) & (top["rho"] <= RHO_MAX) & (margin > top_err + tol)))
+        )
+        v_top = V[:, k].T + top["pv"] @ V.T  # [b, n] first-order right eigenvector
+        # the dominant pair's total: its refined weight replaces the first-order one
+        total = weight.sum(-1) + 2.0 * (top["weight"] - weight[rows, k])
+        order = _sort_index(lam1)
+        rank = np.argsort(order, axis=-1)
+        out = _point_fields(
+            np.take_along_axis(lam1, order, -1), has, rank[rows, k], top["lam"], top["weight"],
+            total, top["amp"], top["gain"], d, v_top,
+        )  # fmt: skip
+    exact = np.flatnonzero(~good)
+    if out is None or not exact.size:
+        return (out if out is not None else _modes_block(jh, ju, d, imag_tol, rule)), exact.size
+    res = _modes_block(jh[exact], ju[exact], d[exact], imag_tol, rule)
+    for key, val in res.items():
+        out[key] = out[key].astype(np.result_type(val, out[key]), copy=False)
+        out[key][exact] = val
+    return out, exact.size
 
 
 def previous_states(states: np.ndarray, initial: np.ndarray) -> np.ndarray:
@@ -293,6 +562,10 @@ def jacobian_modes(
     imag_tol: float = 1e-3,
     rule: str = "motion",
     workers: int | None = None,
+    exact: bool = False,
+    tol: float = FAST_TOL,
+    spectrum_tol: float = FAST_SPECTRUM_TOL,
+    progress: bool = False,
 ) -> JacobianModes:
     """Eigenvalues and dominant rotating pair of ``J_h`` at every expansion point.
 
@@ -341,6 +614,14 @@ def jacobian_modes(
         workers = len(affinity(0)) if affinity else os.cpu_count() or 1
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if not (tol > 0 and spectrum_tol > 0):
+        raise ValueError(f"need tol > 0 and spectrum_tol > 0, got {tol}, {spectrum_tol}")
+    if exact:
+        block = functools.partial(_modes_block, imag_tol=imag_tol, rule=rule)
+    else:
+        fast = functools.partial(
+            _modes_block_fast, imag_tol=imag_tol, rule=rule, tol=tol, spectrum_tol=spectrum_tol
+        )
 
     flat_pts = points.reshape(n_points, n)
     flat_prev = prev.reshape(n_points, n)
@@ -350,6 +631,7 @@ def jacobian_modes(
     plane = np.zeros((n_trial, n, 2))
     plane_time = np.full(n_trial, -1, np.int64)
     plane_valid = np.zeros(n_trial, bool)
+    n_exact = 0
 
     if n_points:
         jac = _jacobian_fn(cell, u_dim)
@@ -362,7 +644,8 @@ def jacobian_modes(
             return jac(cell_params, jnp.asarray(flat_pts[chunks[i][2]]), u0)
 
         pending = dispatch(0)
-        with threadpool_limits(limits=1), ThreadPoolExecutor(workers) as pool:
+        bar = tqdm(total=n_points, desc="jacobian modes", unit="pt", disable=not progress)
+        with threadpool_limits(limits=1), ThreadPoolExecutor(workers) as pool, bar:
             for i, (start, stop, _) in enumerate(chunks):
                 jh, ju = (np.asarray(x, np.float64)[: stop - start] for x in pending)
                 if i + 1 < len(chunks):
@@ -370,12 +653,18 @@ def jacobian_modes(
                 d = flat_prev[start:stop].astype(np.float64) - flat_pts[start:stop]
                 splits = np.array_split(np.arange(stop - start), min(workers, stop - start))
                 blocks = [(jh[s], ju[s], d[s]) for s in splits]
-                parts = list(pool.map(lambda b: _modes_block(*b, imag_tol, rule), blocks))
+                if exact:
+                    parts = list(pool.map(lambda b: block(*b), blocks))
+                    n_exact += stop - start
+                else:
+                    parts, counts = zip(*pool.map(lambda b: fast(*b), blocks), strict=True)
+                    n_exact += sum(counts)
                 res = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
                 eigenvalues[start:stop] = res["eigenvalues"]
                 for name in out:
                     out[name][start:stop] = res[name]
                 _update_planes(start, n_time, res, best_share, plane, plane_time, plane_valid)
+                bar.update(stop - start)
 
     lam = out["dominant_eigenvalue"]
     cont = discrete_to_continuous(lam, dt)
@@ -403,6 +692,8 @@ def jacobian_modes(
         dt=float(dt),
         imag_tol=float(imag_tol),
         rule=rule,
+        exact=bool(exact),
+        n_exact=int(n_exact),
     )
 
 
