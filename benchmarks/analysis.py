@@ -5,7 +5,8 @@ expansion points and states for ``--trials`` × 140 bins (MC_Maze: 2295 trials a
 runs what ``analyze`` runs on them: ``jacobian_modes`` (Jacobians, eigenvalues, dominant
 pairs, planes; chunked; the fast path unless ``--exact``), ``summarize_modes``,
 ``fixed_point_residual``, ``count_distinct``. Prints each stage's wall time and the
-process's peak resident memory after it (``getrusage`` maxrss), the total, the points
+process's CPU time and peak resident memory after it (``getrusage``: user + system,
+maxrss), the total, the points
 decomposed with LAPACK and the load average.
 
 Expansion points (``--points``):
@@ -86,13 +87,17 @@ def main() -> None:
     prev = points + dev
     states, initial = np.concatenate([prev[:, 1:], prev[:, -1:]], 1), prev[:, 0]
     condition = rng.integers(0, 27, args.trials)
-    stages: dict[str, tuple[float, float]] = {}
+    stages: dict[str, tuple[float, float, float]] = {}
+
+    def cpu_s() -> float:
+        use = resource.getrusage(resource.RUSAGE_SELF)
+        return use.ru_utime + use.ru_stime
 
     def stage(name, fn):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_s()
         out = fn()
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-        stages[name] = (time.perf_counter() - t0, peak)
+        stages[name] = (time.perf_counter() - t0, cpu_s() - c0, peak)
         return out
 
     m = stage(
@@ -117,16 +122,17 @@ def main() -> None:
     )
     stage("count_distinct", lambda: modes.count_distinct(points, 0.05))
     n = args.trials * args.bins
-    total = sum(s for s, _ in stages.values())
+    total = sum(s for s, _, _ in stages.values())
+    cpu = sum(c for _, c, _ in stages.values())
     print(
         f"{args.trials} trials x {args.bins} bins = {n} points, gen {args.gen}, "
         f"co_dim {args.co_dim}, {args.points} points, {'exact' if args.exact else 'fast'} path"
     )
-    for k, (s, peak) in stages.items():
-        print(f"{k:>22}: {s:8.1f} s   peak RSS so far {peak:5.2f} GB")
-    print(f"{'total':>22}: {total:8.1f} s ({total / n * 1e3:.3f} ms/point)")
+    for k, (s, c, peak) in stages.items():
+        print(f"{k:>22}: {s:8.1f} s wall {c:8.1f} s CPU   peak RSS so far {peak:5.2f} GB")
+    print(f"{'total':>22}: {total:8.1f} s wall {cpu:8.1f} s CPU ({total / n * 1e3:.3f} ms/point)")
     print(f"decomposed with LAPACK: {m.n_exact} of {n} points ({m.n_exact / n:.1%})")
-    print(f"peak resident memory: {max(p for _, p in stages.values()):.2f} GB")
+    print(f"peak resident memory: {max(p for _, _, p in stages.values()):.2f} GB")
     print(f"load average (1, 5, 15 min) at the end: {os.getloadavg()}")
 
 

@@ -11,6 +11,10 @@ set (e.g. 2295 trials × 140 bins at n = 100) the ``n × n`` eigenvector matrice
 point would not fit in memory, so everything here runs in fixed-size chunks and keeps
 only compact summaries; memory is bounded by ``chunk`` plus the ``[trial, time, n]``
 eigenvalues, whatever the number of points.
+Most points are not decomposed at all: they are perturbations of a nearby point that
+is, accepted only where a Bauer–Fike bound and a per-point error estimate of the
+dominant pair hold, with LAPACK wherever they fail (:func:`jacobian_modes`;
+``exact=True``, ``analyze --exact``, decomposes every point).
 
 Dominant rotational mode of a point (``jacobian_modes``), with ``J_h = V Λ V^{-1}``
 (right eigenvectors ``v_k`` the columns of ``V``, left eigenvectors ``w_k`` the rows of
@@ -146,7 +150,8 @@ class JacobianModes:
     - ``plane_valid: [trial]`` bool.
 
     ``dt`` (s), ``imag_tol``, ``rule`` (see RULES) and ``sort`` (= EIG_SORT) record the
-    settings.
+    settings; ``exact`` whether LAPACK decomposed every point, ``n_exact`` how many
+    LAPACK decompositions were made (see :func:`jacobian_modes`).
     """
 
     eigenvalues: np.ndarray
@@ -305,6 +310,10 @@ FAST_CONTENDERS = 32
 #: pair's relative change of weight on refinement); farther ones are taken as beaten.
 CLOSE_FACTOR = 20.0
 CLOSE_MIN = 0.05
+#: Fast path: rounds with a new representative go on while at least FAST_MIN_GROUP points
+#: remain and the last round accepted at least FAST_MIN_SHARE of those it tried.
+FAST_MIN_GROUP = 8
+FAST_MIN_SHARE = 0.25
 #: Fast path: the largest perturbation ratio ``|F_lj| / |λ_j − λ_l|`` accepted for a refined
 #: mode (the perturbation series then shrinks at least tenfold per order).
 RHO_MAX = 0.1
@@ -406,7 +415,7 @@ def _first_order_shift(E: np.ndarray, lam: np.ndarray, V: np.ndarray, W: np.ndar
     return shift
 
 
-def _modes_block_fast(
+def _perturb(
     jh: np.ndarray,
     ju: np.ndarray,
     d: np.ndarray,
@@ -414,28 +423,11 @@ def _modes_block_fast(
     rule: str,
     tol: float,
     spectrum_tol: float,
-) -> tuple[dict, int]:
-    """``_modes_block`` by perturbation from one exactly decomposed point of the block.
+) -> tuple[dict | None, np.ndarray]:
+    """One round of the fast path: perturbation from one exactly decomposed point.
 
-    The representative ``r`` is the point whose ``J_h`` is nearest (Frobenius) the
-    block's mean. Every other point ``i`` is ``J_r + E_i`` and is accepted when
-
-    1. Bauer–Fike holds the whole spectrum: ``κ(V_r) ‖E_i‖_F ≤ spectrum_tol`` (every
-       eigenvalue of ``J_i`` lies within that distance of one of ``J_r``'s);
-    2. its dominant pair, refined by :func:`_refine`, has a second-order term at most
-       ``tol`` (the error of its first-order eigenvalue; the second-order value is kept)
-       and a perturbation ratio ``ρ ≤ RHO_MAX``, and its rotation test
-       ``Im λ > imag_tol·|λ|`` holds by more than ``tol``;
-    3. the choice is unambiguous: refined the same way, the best other rotating pair
-       trails by more than twice the two refinements' changes of weight, and no mode
-       whose rotation Bauer–Fike leaves open (near the rotation threshold, or a real
-       eigenvalue within ``2κ‖E_i‖`` of another) weighs half the dominant pair's.
-
-    Accepted points get ``J_r``'s eigenvalues plus the first-order shifts ``F_kk``
-    (``F = W E V``; one float32 GEMM per block, conjugate pairs kept exact), the mode
-    coordinates ``W d`` and ``W J_u`` of the representative's left eigenvectors, and the
-    refined dominant pair. The rest are decomposed exactly. Returns the fields of
-    ``_modes_block`` and the number of points decomposed with LAPACK.
+    Returns the ``_modes_block`` fields of every point (None when none is accepted) and
+    ``good: [b]``, the points whose fields hold; see :func:`_modes_block_fast`.
     """
     b, n = d.shape
     r = int(np.argmin(_frobenius(jh - jh.mean(0))))
@@ -444,12 +436,11 @@ def _modes_block_fast(
     try:
         W = np.linalg.inv(V)
     except np.linalg.LinAlgError:
-        return _modes_block(jh, ju, d, imag_tol, rule), b
+        return None, np.zeros(b, bool)
     kappa = np.linalg.norm(V, 2) * np.linalg.norm(W, 2)
     E = jh - jh[r]
     rad = kappa * _frobenius(E)  # Bauer–Fike radius, ‖E‖_2 ≤ ‖E‖_F
     ok = np.isfinite(rad) & (rad <= spectrum_tol)
-    ok[r] = False  # decomposed exactly below, with the failures
     good = np.zeros(b, bool)
     out = None
     if ok.any():  # all points are computed, only the accepted ones kept
@@ -523,14 +514,74 @@ def _modes_block_fast(
             np.take_along_axis(lam1, order, -1), has, rank[rows, k], top["lam"], top["weight"],
             total, top["amp"], top["gain"], d, v_top,
         )  # fmt: skip
-    exact = np.flatnonzero(~good)
-    if out is None or not exact.size:
-        return (out if out is not None else _modes_block(jh, ju, d, imag_tol, rule)), exact.size
-    res = _modes_block(jh[exact], ju[exact], d[exact], imag_tol, rule)
-    for key, val in res.items():
-        out[key] = out[key].astype(np.result_type(val, out[key]), copy=False)
-        out[key][exact] = val
-    return out, exact.size
+    return out, good
+
+
+def _modes_block_fast(
+    jh: np.ndarray,
+    ju: np.ndarray,
+    d: np.ndarray,
+    imag_tol: float,
+    rule: str,
+    tol: float,
+    spectrum_tol: float,
+) -> tuple[dict, int]:
+    """``_modes_block`` by perturbation from a few exactly decomposed points of the block.
+
+    Rounds: the representative ``r`` is the remaining point whose ``J_h`` is nearest
+    (Frobenius) their mean; it is decomposed with LAPACK, and every remaining point
+    ``i``, ``J_h = J_r + E_i``, is accepted when
+
+    1. Bauer–Fike bounds the move of the whole spectrum: ``κ(V_r) ‖E_i‖_F ≤
+       spectrum_tol`` (every eigenvalue of ``J_i`` within that distance of one of
+       ``J_r``'s): the perturbative regime;
+    2. its dominant pair, refined by :func:`_refine` (eigenvalue to second order,
+       eigenvectors to first), has a perturbation ratio ``ρ ≤ RHO_MAX`` and an estimated
+       rest ``ρ/(1−ρ)·|second-order term| ≤ tol``, and its rotation test ``Im λ >
+       imag_tol·|λ|`` holds by more than that;
+    3. the choice is decided: every contender, refined the same way, is resolved and
+       beaten. Contenders are the modes whose rotation a first-order move ``s_l ‖E_i‖``
+       (``s_l`` the eigenvalue's condition number) leaves open, near the rotation
+       threshold or real and within reach of the next real eigenvalue, weighing at least
+       half the dominant pair's; and the rotating pairs within ``max(CLOSE_MIN,
+       CLOSE_FACTOR·δ)`` of its weight (``δ`` the dominant pair's relative change on
+       refinement: farther pairs would need a change CLOSE_FACTOR times larger than the
+       dominant pair's, also first order in ``‖E_i‖``). Resolved: ``ρ ≤ RHO_MAX`` (a real
+       eigenvalue then stays real) and a pair's rotation test decided beyond its estimated
+       rest; beaten: it trails by more than twice the estimated rests of both weights.
+
+    Accepted points get ``J_r``'s eigenvalues plus their first-order shifts ``w_k E v_k``
+    (:func:`_first_order_shift`), the mode coordinates ``W [d, J_u]`` of ``J_r``'s left
+    eigenvectors (so ``share``'s denominator, the summed weight of all modes, is first
+    order in ``‖E_i‖``), and the refined dominant pair. The others go to the next round,
+    until fewer than FAST_MIN_GROUP remain or a round accepts under FAST_MIN_SHARE of
+    them; what is left is decomposed exactly. Returns the fields of ``_modes_block`` and
+    the number of LAPACK decompositions (representatives and left-overs).
+    """
+    b = d.shape[0]
+    out: dict | None = None
+    todo = np.arange(b)
+    n_lapack = 0
+    while todo.size >= FAST_MIN_GROUP:
+        part, good = _perturb(jh[todo], ju[todo], d[todo], imag_tol, rule, tol, spectrum_tol)
+        n_lapack += 1
+        if part is not None and good.any():
+            if out is None:
+                out = {key: np.zeros((b,) + v.shape[1:], v.dtype) for key, v in part.items()}
+            for key, v in part.items():
+                out[key][todo[good]] = v[good]
+        accepted = int(good.sum())
+        todo = todo[~good]
+        if accepted < FAST_MIN_SHARE * (accepted + todo.size):
+            break
+    if out is None:
+        return _modes_block(jh, ju, d, imag_tol, rule), n_lapack + b
+    if todo.size:
+        res = _modes_block(jh[todo], ju[todo], d[todo], imag_tol, rule)
+        for key, val in res.items():
+            out[key] = out[key].astype(np.result_type(val, out[key]), copy=False)
+            out[key][todo] = val
+    return out, n_lapack + todo.size
 
 
 def previous_states(states: np.ndarray, initial: np.ndarray) -> np.ndarray:
@@ -585,14 +636,28 @@ def jacobian_modes(
     ``J_h`` and ``J_u`` come from one jitted ``vmap(jacfwd)`` run over chunks of
     ``chunk`` points (the last one padded, so one shape is compiled; the next chunk is
     dispatched before the current one is decomposed, so JAX and LAPACK overlap). Each
-    chunk is eigen-decomposed in float64 with ``np.linalg.eig``, split over ``workers``
-    threads (default: the CPUs this process may use) with BLAS limited to one thread
-    each (batch parallelism beats BLAS threading at ``n ≈ 100``; the BLAS limit is
-    process-wide while this runs). Peak memory is a few ``chunk × n × n`` complex128
-    arrays (≈ 0.55 MB per chunk point at n = 100, 140 MB at the default chunk) plus the
-    outputs (≈ ``8 n + 100`` bytes per point, mostly the complex64 eigenvalues).
-    Cost is LAPACK's ``geev`` (≈ 7 ms per point at n = 100 on one core), divided by
-    ``workers``. Returns :class:`JacobianModes`.
+    chunk is split in ``workers`` blocks (threads; default: the CPUs this process may
+    use) with BLAS limited to one thread each (batch parallelism beats BLAS threading at
+    ``n ≈ 100``; the BLAS limit is process-wide while this runs), all in float64.
+
+    ``exact=True``: every point is eigen-decomposed with ``np.linalg.eig`` (LAPACK
+    ``geev``, ≈ 7 ms per point at n = 100 on one core). ``exact=False`` (default): the
+    fast path, ``_modes_block_fast``: per block a few points are decomposed with LAPACK
+    and the others are perturbations of them (first-order eigenvectors, second-order
+    dominant eigenvalue), each accepted only where a Bauer–Fike radius
+    ``κ(V_r)‖J_h − J_r‖_F ≤ spectrum_tol`` holds, the dominant eigenvalue's estimated
+    error is at most ``tol`` and the dominant pair's choice is decided; any other point
+    is decomposed exactly. Expansion points that repeat or move slowly, as a trained
+    JSLDS names them, mostly take the fast path; random ones all fall back. Agreement
+    with ``exact=True``: the same dominant pair (``has_rotation``, ``dominant_index``)
+    and, within ``tol``, its eigenvalue, hence frequency and τ; ``share`` to first
+    order in ``‖J_h − J_r‖`` (its denominator sums all modes); the spectrum within
+    ``spectrum_tol`` (in practice ≈ 1e-5: first-order shifts). ``n_exact`` in the
+    result counts the LAPACK decompositions. ``progress``: a tqdm bar over points.
+
+    Peak memory is a few ``chunk × n × n`` complex128 arrays (≈ 0.55 MB per chunk point
+    at n = 100, 140 MB at the default chunk) plus the outputs (≈ ``8 n + 100`` bytes per
+    point, mostly the complex64 eigenvalues). Returns :class:`JacobianModes`.
     """
     points = np.asarray(points)
     prev = previous_states(states, initial)  # a_{t−1}
