@@ -378,11 +378,14 @@ def evaluate(run: RunArg) -> None:
 
 
 def _analyze_stage(
-    run: Path, rule: str = "motion", jpca_window: tuple[float, float] | None = None
+    run: Path,
+    rule: str = "motion",
+    jpca_window: tuple[float, float] | None = None,
+    exact: bool = False,
 ) -> None:
     from lfads_jslds.analysis.report import ANALYSIS, analyze_run
 
-    s = analyze_run(run, rule, jpca_window)
+    s = analyze_run(run, rule, jpca_window, exact)
     tau, jp = s["tau_s_median"], s["jpca"]
     jpca_text = (
         f"jPCA skipped ({jp['skipped']})"
@@ -420,9 +423,16 @@ def analyze(
             "lie inside the data's window.",
         ),
     ] = None,
+    exact: Annotated[
+        bool,
+        typer.Option(
+            help="Eigendecompose J_h with LAPACK at every bin (slow) instead of perturbing "
+            "one exactly decomposed bin per block, with exact fallback where its checks fail."
+        ),
+    ] = False,
 ) -> None:
     """Per-trial fixed points, Jacobian modes, rotations, jPCA and figures: RUN/analysis/."""
-    _run(lambda: _analyze_stage(run, dominant_rule.value, jpca_window))
+    _run(lambda: _analyze_stage(run, dominant_rule.value, jpca_window, exact))
 
 
 @app.command("run")

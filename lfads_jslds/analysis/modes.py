@@ -496,8 +496,11 @@ def _perturb(
         resolved = (other["rho"] <= RHO_MAX) & (~pair | (gap_rot > oth_err + tol))
         rot = pair & _rotating(other["lam"], imag_tol)
         w0 = np.take_along_axis(weight, ranked, -1)
-        slack = (_tail(top["rho"]) * np.abs(top["weight"] - weight[rows, k]))[:, None]
-        slack = 2 * (slack + _tail(other["rho"]) * np.abs(other["weight"] - w0))
+        # the first-order changes themselves bound what the refinement may have missed
+        # (their rest is ρ/(1−ρ) of them only asymptotically: near-real pairs are touchy)
+        slack = 2 * (
+            np.abs(top["weight"] - weight[rows, k])[:, None] + np.abs(other["weight"] - w0)
+        )
         beaten = has[:, None] & (top["weight"][:, None] - other["weight"] > slack)
         good = (
             ok
@@ -548,7 +551,7 @@ def _modes_block_fast(
        refinement: farther pairs would need a change CLOSE_FACTOR times larger than the
        dominant pair's, also first order in ``‖E_i‖``). Resolved: ``ρ ≤ RHO_MAX`` (a real
        eigenvalue then stays real) and a pair's rotation test decided beyond its estimated
-       rest; beaten: it trails by more than twice the estimated rests of both weights.
+       rest; beaten: it trails by more than twice both weights' first-order changes.
 
     Accepted points get ``J_r``'s eigenvalues plus their first-order shifts ``w_k E v_k``
     (:func:`_first_order_shift`), the mode coordinates ``W [d, J_u]`` of ``J_r``'s left

@@ -116,14 +116,18 @@ def condition_jpca(
 
 
 def analyze_run(
-    run: Path, rule: str = "motion", jpca_window_ms: tuple[float, float] | None = None
+    run: Path,
+    rule: str = "motion",
+    jpca_window_ms: tuple[float, float] | None = None,
+    exact: bool = False,
 ) -> dict[str, Any]:
     """Write ``analysis/`` for ``run``; returns the summary.
 
     ``rule``: how the dominant rotating pair of a bin is chosen (``modes.RULES``).
     ``jpca_window_ms``: jPCA's window in ms from the alignment event (None: −50 to +150
     ms, see :func:`condition_jpca`); one the data do not cover is refused before the
-    long work.
+    long work. ``exact``: LAPACK at every point instead of the fast path
+    (``modes.jacobian_modes``).
     """
     modes.check_rule(rule)  # before any long work
     run = Path(run)
@@ -169,7 +173,16 @@ def analyze_run(
         _, nearest = modes.distance_to_nearest(prev, fps.points, return_index=True)
         points = fps.points[nearest]  # chunked search: memory bounded for any run size
     m = modes.jacobian_modes(
-        cell_fn, gen, points, u_dim, dt, states=states, initial=inf["g0"], rule=rule
+        cell_fn,
+        gen,
+        points,
+        u_dim,
+        dt,
+        states=states,
+        initial=inf["g0"],
+        rule=rule,
+        exact=exact,
+        progress=True,
     )  # decomposes d_t = a_{t-1} - e*_t, the deviation J_h acts on
     mode_summary = modes.summarize_modes(m, condition)
     residual = (
@@ -189,6 +202,8 @@ def analyze_run(
         "dt_s": dt,
         "eig_sort": m.sort,
         "dominant_rule": m.rule,
+        "modes_exact": m.exact,
+        "modes_decomposed_exactly": m.n_exact,
         "generator": cfg.model.generator,
         "expansion_points_source": source,
         "distinct_fixed_points_per_trial": {
