@@ -468,6 +468,38 @@ def test_existing_run_folder_is_refused_and_resume_needs_a_checkpoint(tmp_path, 
     assert result.exit_code == 1 and "config.yaml" in result.output
 
 
+def test_a_data_file_changed_after_training_is_refused_by_every_later_stage(tmp_path):
+    """A tensors file rewritten at 10 ms after a 20 ms run was trained on it: refused."""
+    import hashlib
+
+    data_path = tmp_path / "tiny.h5"
+    write_tensors(data_path, planted_tensors(), ATTRS)
+    run = tmp_path / "run"
+    cfg = tiny_config("train.max_epochs=2")
+    data, _ = lfads_trainer.prepare_run(run, cfg, data_path, resume=False)
+    lfads_trainer.train(cfg, run, data, progress=False)
+    assert runner.invoke(app, ["infer", str(run), "--no-progress"]).exit_code == 0
+    before = sorted(p.name for p in run.iterdir())
+    info = json.loads((run / "data.json").read_text())["provenance"]
+    assert info["tensors_sha256"] == hashlib.sha256(data_path.read_bytes()).hexdigest()
+    assert info["input"]["path"] == str(data_path.resolve()) and info["bin_ms"] == 20
+    assert info["shapes"]["train_spikes_heldin"] == [16, 8, 6]
+    lfads_trainer.load_run_data(run)  # unchanged: accepted
+
+    write_tensors(data_path, planted_tensors(), {**ATTRS, "bin_ms": 10})
+    for stage in (["evaluate", str(run)], ["analyze", str(run)], ["infer", str(run)]):
+        if stage[0] == "infer":  # infer refuses to overwrite its outputs first: move them
+            for name in ("inference.h5", "submission.h5"):
+                (run / name).rename(tmp_path / name)
+        result = runner.invoke(app, [*stage, "--no-progress"] if stage[0] == "infer" else stage)
+        assert result.exit_code == 1, stage
+        assert "tiny.h5 changed since this run was trained" in result.output, result.output
+    assert sorted(p.name for p in run.iterdir()) == sorted(set(before) - {"inference.h5", "submission.h5"})
+    data_path.unlink()
+    with pytest.raises(lfads_trainer.RunFolderError, match="is gone"):
+        lfads_trainer.load_run_data(run)
+
+
 def test_infer_without_a_checkpoint_names_the_missing_stage(tmp_path, tensors_file):
     run = tmp_path / "run"
     cfg = tiny_config()

@@ -25,7 +25,9 @@ from the encoder and NaN in the target, so validation stays honest.
 The eval trials' held-out neurons and forward bins (``data.eval_target``) are read by
 nothing in this module: they serve only the final score (``evaluation``).
 
-Run folder: ``config.yaml``, ``data.json`` (where the tensors are), ``data.h5`` (when
+Run folder: ``config.yaml``, ``data.json`` (where the tensors are, and their provenance:
+path, sha256, shapes and bin width of the data file and of the tensors, checked by every
+later stage), ``data.h5`` (when
 DATA was an NWB file), ``checkpoints/`` (latest), ``best/`` (early-stopping weights),
 ``log.csv`` (one row per epoch), ``train.json`` (summary).
 """
@@ -33,6 +35,7 @@ DATA was an NWB file), ``checkpoints/`` (latest), ``best/`` (early-stopping weig
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import shutil
@@ -308,6 +311,12 @@ def prepare_run(
     # the run's own data.h5 is named relative to the run, so the folder can move
     info = {"tensors": DATA_FILE if nwb else str(tensors_path), "source": source}
     info["ids_positional"] = data.attrs.get("ids_positional", [])  # ids the file lacked
+    info["provenance"] = {
+        "input": {"path": str(data_path.resolve()), "sha256": sha256(data_path)},
+        "tensors_sha256": sha256(tensors_path),
+        "shapes": {k: list(v.shape) for k, v in data.tensors.items() if hasattr(v, "shape")},
+        "bin_ms": data.bin_ms,
+    }
     atomic.write_text(run / DATA_INFO, json.dumps(info, indent=2))
     cfg = replace(cfg, data=replace(cfg.data, bin_ms=data.bin_ms))  # as resolved: later stages
     atomic.write_text(run / CONFIG, config_lib.dump_yaml(cfg))
@@ -323,15 +332,42 @@ def check_batch(data: LFADSData, cfg: RunConfig) -> None:
         )
 
 
+def sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks (memory stays flat)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def load_run_data(run: Path) -> tuple[LFADSData, Path | None]:
-    """The data a run was trained on (from ``data.json``)."""
+    """The data a run was trained on (from ``data.json``), refused if the file has changed.
+
+    The tensors file's sha256 must match the one ``train`` recorded: a file swapped or
+    rewritten since (another bin width, other trials) would silently feed a model trained on
+    something else. Run folders from before provenance was recorded are read unchecked.
+    """
     info_path = Path(run) / DATA_INFO
     if not info_path.exists():
         raise RunFolderError(f"{run} has no {DATA_INFO}: not a run folder made by `train`")
     info = json.loads(info_path.read_text())
     tensors = Path(info["tensors"])  # relative: inside the run folder, which may have moved
+    tensors = tensors if tensors.is_absolute() else Path(run) / tensors
+    recorded = info.get("provenance", {}).get("tensors_sha256")
+    if recorded is not None:
+        if not tensors.exists():
+            raise RunFolderError(
+                f"{tensors}: the data file this run was trained on is gone ({info_path}); "
+                "put it back, or retrain"
+            )
+        if sha256(tensors) != recorded:
+            raise RunFolderError(
+                f"{tensors} changed since this run was trained (sha256 differs from "
+                f"{info_path}); restore the original file, or train a new run on this one"
+            )
     bin_ms = load_config(run).data.bin_ms  # as train resolved it (tensor files may lack it)
-    data = dataset.load(tensors if tensors.is_absolute() else Path(run) / tensors, bin_ms)
+    data = dataset.load(tensors, bin_ms)
     return data, Path(info["source"]) if info.get("source") else None
 
 
