@@ -24,8 +24,8 @@ Tolerances, from what the fast path guarantees per accepted point
 - ``share`` divides by the summed weight of all modes, whose non-dominant members keep
   the representative's eigenvectors (first order in ``‖E‖``): within 0.02 absolute
   (0.0044 at most on the real 20 ms run of MC_Maze, 10 500 bins);
-- the whole spectrum is the representative's plus first-order shifts, within the
-  Bauer–Fike radius ``FAST_SPECTRUM_TOL``;
+- the stored spectrum is the representative's: every exact eigenvalue lies within the
+  Bauer–Fike radius ``FAST_SPECTRUM_TOL`` of a stored one;
 - everything that does not use the modes (fixed points, residuals, jPCA) is identical.
 """
 
@@ -140,8 +140,9 @@ def _check_bins(fast, exact):
     assert np.all(np.abs(rate_f - rate_e) <= err / (r * fast.dt))
     assert np.all(np.abs(fast.share - exact.share) <= 0.02)
     np.testing.assert_allclose(fast.deviation_norm, exact.deviation_norm, rtol=1e-12)
-    gap = np.abs(fast.eigenvalues - exact.eigenvalues)
-    assert gap.max() <= modes.FAST_SPECTRUM_TOL
+    # Bauer–Fike: every exact eigenvalue lies within the radius of one stored
+    dist = np.abs(exact.eigenvalues[..., :, None] - fast.eigenvalues[..., None, :])
+    assert dist.min(-1).max() <= modes.FAST_SPECTRUM_TOL
     return err / (2 * np.pi * fast.dt * r.min()), err / (r.min() * fast.dt)
 
 

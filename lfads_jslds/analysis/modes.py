@@ -296,11 +296,11 @@ def _modes_block(jh: np.ndarray, ju: np.ndarray, d: np.ndarray, imag_tol: float,
     )  # fmt: skip
 
 
-#: Fast path (``jacobian_modes(exact=False)``): the largest accepted second-order term of
-#: the dominant eigenvalue, i.e. the error of its first-order value (|Δλ|, dimensionless).
+#: Fast path (``jacobian_modes(exact=False)``): the largest accepted estimated error of
+#: the dominant eigenvalue after its second-order refinement (|Δλ|, dimensionless).
 FAST_TOL = 1e-6
-#: Fast path: the largest accepted Bauer–Fike radius ``κ(V_r)‖J_h − J_r‖_F`` (|Δλ| of any
-#: eigenvalue before its first-order shift).
+#: Fast path: the largest accepted Bauer–Fike radius ``κ(V_r)‖J_h − J_r‖_F`` (|Δλ|: every
+#: eigenvalue of ``J_h`` lies that close to one of ``J_r``'s, which are stored).
 FAST_SPECTRUM_TOL = 5e-2
 #: Fast path: the most modes per point whose rotation or weight is refined before the
 #: point is decomposed exactly instead.
@@ -372,6 +372,25 @@ def _refine(E, lam, V, W, gram, coef, j, rule):
     }
 
 
+def _refine_live(E, lam, V, W, gram, coef, ranked, live, rule):
+    """:func:`_refine` of modes ``ranked: [b, c]`` where ``live: [b, c]``, rank by rank on
+    the points that have one (work in the number of live entries, not ``b × c``); dead
+    entries read ``rho = inf``, ``second = inf``, ``weight = 0``."""
+    b, c = ranked.shape
+    out = {
+        "lam": np.zeros((b, c), complex),
+        "second": np.full((b, c), np.inf),
+        "rho": np.full((b, c), np.inf),
+        "weight": np.zeros((b, c)),
+    }
+    for i in range(c):
+        sel = np.flatnonzero(live[:, i])
+        ref = _refine(E[sel], lam, V, W, gram, coef[sel], ranked[sel, i : i + 1], rule)
+        for key, val in out.items():
+            val[sel, i] = ref[key][:, 0]
+    return out
+
+
 def _tail(rho: np.ndarray) -> np.ndarray:
     """``ρ / (1 − ρ)``: the neglected rest of a series whose terms shrink by ``ρ`` per order,
     relative to the last term kept (``inf`` for ``ρ ≥ 1``)."""
@@ -382,37 +401,6 @@ def _tail(rho: np.ndarray) -> np.ndarray:
 def _frobenius(x: np.ndarray) -> np.ndarray:
     """``‖x_i‖_F`` of each ``x_i: [n, n]`` in ``x: [b, n, n]``."""
     return np.sqrt(np.einsum("bij,bij->b", x, x))
-
-
-def _first_order_shift(E: np.ndarray, lam: np.ndarray, V: np.ndarray, W: np.ndarray) -> np.ndarray:
-    """``F_kk = w_k E v_k`` of every mode ``k`` and point, ``[b, n]`` complex, as one GEMM.
-
-    ``E: [b, n, n]`` real. The real and imaginary parts of ``w_k ⊗ v_k`` (``[n, n²]``)
-    are stacked for the eigenvalues with ``Im λ ≥ 0`` only (a real mode's is real); each
-    conjugate partner (``Im λ < 0``, right after its ``Im λ > 0`` member in EIG_SORT) gets
-    the conjugate shift, so pairs stay exact conjugates and real eigenvalues real. Float32
-    GEMM: ``E`` comes from float32 Jacobians, and the rounding (≈ 1e-7 ‖W‖‖E‖‖V‖) is far
-    below any tolerance here.
-    """
-    n = lam.size
-    real = np.flatnonzero(lam.imag == 0)
-    lead = np.flatnonzero(lam.imag > 0)
-    part = np.minimum(lead + 1, n - 1)
-    paired = 2 * lead.size + real.size == n and np.array_equal(lam[part], lam[lead].conj())
-    keep = np.concatenate([real, lead]) if paired else np.arange(n)
-    G = (W[keep][:, :, None] * V.T[keep][:, None, :]).reshape(keep.size, n * n)
-    parts = [G.real] + ([G[real.size :].imag] if paired else [G.imag])
-    flat = E.reshape(E.shape[0], -1).astype(np.float32)
-    s = flat @ np.concatenate(parts).T.astype(np.float32)  # [b, rows]
-    shift = np.zeros((E.shape[0], n), np.complex128)
-    if paired:
-        shift[:, real] = s[:, : real.size]
-        lead_shift = s[:, real.size : real.size + lead.size] + 1j * s[:, real.size + lead.size :]
-        shift[:, lead] = lead_shift
-        shift[:, lead + 1] = lead_shift.conj()
-    else:
-        shift[:] = s[:, :n] + 1j * s[:, n:]
-    return shift
 
 
 def _perturb(
@@ -445,7 +433,7 @@ def _perturb(
     out = None
     if ok.any():  # all points are computed, only the accepted ones kept
         rows = np.arange(b)
-        lam1 = lam + _first_order_shift(E, lam, V, W)  # [b, n]
+        lam1 = np.broadcast_to(lam, (b, n))  # J_r's spectrum, within rad of J_i's
         coef = W @ np.concatenate([d[:, :, None], ju], axis=-1)  # [b, n, 1 + u]
         gram = V.conj().T @ V
         vnorm = np.sqrt(np.real(np.diagonal(gram)))
@@ -486,7 +474,7 @@ def _perturb(
         c = min(FAST_CONTENDERS, int(count.max(initial=0)))
         ranked = np.argsort(np.where(contend, -weight, np.inf), axis=-1, kind="stable")[:, :c]
         live = np.arange(c) < count[:, None]  # [b, c]
-        other = _refine(E, lam, V, W, gram, coef, ranked, rule)
+        other = _refine_live(E, lam, V, W, gram, coef, ranked, live, rule)
         # errors left after refinement, estimated as the rest of a geometric series
         top_err = _tail(top["rho"]) * top["second"]
         oth_err = _tail(other["rho"]) * other["second"]
@@ -511,10 +499,8 @@ def _perturb(
         v_top = V[:, k].T + top["pv"] @ V.T  # [b, n] first-order right eigenvector
         # the dominant pair's total: its refined weight replaces the first-order one
         total = weight.sum(-1) + 2.0 * (top["weight"] - weight[rows, k])
-        order = _sort_index(lam1)
-        rank = np.argsort(order, axis=-1)
         out = _point_fields(
-            np.take_along_axis(lam1, order, -1), has, rank[rows, k], top["lam"], top["weight"],
+            lam1, has, k, top["lam"], top["weight"],
             total, top["amp"], top["gain"], d, v_top,
         )  # fmt: skip
     return out, good
@@ -553,8 +539,8 @@ def _modes_block_fast(
        eigenvalue then stays real) and a pair's rotation test decided beyond its estimated
        rest; beaten: it trails by more than twice both weights' first-order changes.
 
-    Accepted points get ``J_r``'s eigenvalues plus their first-order shifts ``w_k E v_k``
-    (:func:`_first_order_shift`), the mode coordinates ``W [d, J_u]`` of ``J_r``'s left
+    Accepted points get ``J_r``'s eigenvalues (each of ``J_i``'s within the Bauer–Fike
+    radius of one of them), the mode coordinates ``W [d, J_u]`` of ``J_r``'s left
     eigenvectors (so ``share``'s denominator, the summed weight of all modes, is first
     order in ``‖E_i‖``), and the refined dominant pair. The others go to the next round,
     until fewer than FAST_MIN_GROUP remain or a round accepts under FAST_MIN_SHARE of
@@ -655,7 +641,8 @@ def jacobian_modes(
     with ``exact=True``: the same dominant pair (``has_rotation``, ``dominant_index``)
     and, within ``tol``, its eigenvalue, hence frequency and τ; ``share`` to first
     order in ``‖J_h − J_r‖`` (its denominator sums all modes); the spectrum within
-    ``spectrum_tol`` (in practice ≈ 1e-5: first-order shifts). ``n_exact`` in the
+    ``spectrum_tol`` (each of ``J_h``'s eigenvalues that close to one stored; the stored
+    spectrum is the representative's, in practice within ≈ 1e-4). ``n_exact`` in the
     result counts the LAPACK decompositions. ``progress``: a tqdm bar over points.
 
     Peak memory is a few ``chunk × n × n`` complex128 arrays (≈ 0.55 MB per chunk point
