@@ -197,8 +197,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def _run(fn: Callable[[], Any]) -> Any:
     try:
         return fn()
-    except _user_errors() as err:
-        typer.echo(f"error: {err}", err=True)
+    except _user_errors() as err:  # one line: a library's message may hold line breaks
+        typer.echo(f"error: {' '.join(str(err).split())}", err=True)
         raise typer.Exit(1) from None
 
 

@@ -17,7 +17,6 @@ rates themselves: the ceiling).
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -140,5 +139,5 @@ def evaluate_run(run: Path) -> dict[str, Any]:
         for label, rates in others.items():
             result[label]["rates_r2_vs_truth"] = pooled_r2(rates["rates"][val], truth["rates"][val])
         result["truth"] = _nlb(submission_from_inference({**inf, **truth}), tensors)
-    atomic.write_text(run / METRICS, json.dumps(result, indent=2))
+    atomic.write_json(run / METRICS, result)  # strict JSON: a NaN metric becomes null
     return result

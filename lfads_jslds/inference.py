@@ -270,12 +270,39 @@ def _rates_into_nwb(run: Path, source: Path, result: dict[str, Any], attrs: dict
     return run / RATES_NWB
 
 
+#: Attributes of every ``inference.h5`` (later stages read them).
+ATTRS = ("bin_ms", "align_field", "window_ms", "generator", "generating_path", "samples")
+
+
+def expected_datasets(generator: str) -> tuple[str, ...]:
+    """The datasets ``infer_run`` writes for ``generator``, the forward-window rates aside
+    (``rates_forward`` etc. exist only when the data has forward bins)."""
+    mode = lfads.GENERATORS[generator]
+    jslds = ("jslds_states", "expansion_points", "fixed_point_residual") if mode.has_jslds else ()
+    ids = ("trial_ids", "split", "unit_ids", "heldout")
+    return (*ids, *rate_keys(mode), "factors", "gen_states", "inferred_inputs", "g0", *jslds)
+
+
 def load_inference(run: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(arrays, attrs) of a run's ``inference.h5``, or a message naming the missing stage."""
+    """(arrays, attrs) of a run's ``inference.h5``, or a message naming the missing stage.
+
+    A file lacking a dataset or attribute ``infer`` writes is refused here, naming what is
+    missing, rather than failing later on a bare key."""
     path = Path(run) / INFERENCE
     if not path.exists():
         raise RunFolderError(f"{run} has no {INFERENCE}: run `lfads-jslds infer {run}` first")
     with open_hdf5(path, "an inference file") as f:
         arrays, attrs = read_group(f), dict(f.attrs)
+    generator = attrs.get("generator")
+    lacking = [f"attribute {a}" for a in ATTRS if a not in attrs]
+    if generator in lfads.GENERATORS:
+        lacking += [f"dataset {k}" for k in expected_datasets(generator) if k not in arrays]
+    elif generator is not None:
+        lacking.append(f"known generator (attribute generator = {generator!r})")
+    if lacking:
+        raise RunFolderError(
+            f"{path}: not as `infer` writes it: no {', no '.join(lacking)}; remove it and run "
+            f"`lfads-jslds infer {run}` again"
+        )
     arrays["split"] = np.asarray(arrays["split"]).astype(str)
     return arrays, attrs

@@ -27,7 +27,6 @@ is the one ``J_h`` acts on, ``a_{t-1} − e*_t`` (``a_0 = g0``; see ``analysis.m
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 from typing import Any
 
@@ -247,7 +246,7 @@ def analyze_run(
     )
     jp_ms = jpca_summary.get("bins_ms")
     _figures(out / "figures", inf, data, m, jp, jp_ms, condition, points, states, dt, attrs)
-    atomic.write_text(out / "summary.json", json.dumps(summary, indent=2))
+    atomic.write_json(out / "summary.json", summary)  # strict JSON: NaN becomes null
     return summary
 
 

@@ -82,9 +82,17 @@ class LFADSData:
 
 
 def is_nwb(path: Path) -> bool:
-    """NWB files carry ``nwb_version`` at the root; tensor files do not."""
-    with open_hdf5(Path(path), "an NWB or tensor file") as f:
-        return "nwb_version" in f.attrs
+    """NWB files carry ``nwb_version`` at the root; tensor files do not. A file named
+    ``.nwb`` without it is refused (DataError): it is not what its name says."""
+    path = Path(path)
+    with open_hdf5(path, "an NWB or tensor file") as f:
+        nwb = "nwb_version" in f.attrs
+    if not nwb and path.suffix.lower() == ".nwb":
+        raise DataError(
+            f"{path}: not an NWB file (an HDF5 file without NWB's nwb_version attribute at /); "
+            "give an NWB session, or a tensor file from `prepare`"
+        )
+    return nwb
 
 
 def tensors_from_nwb(

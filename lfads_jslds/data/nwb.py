@@ -14,7 +14,8 @@ naming their ids (``Units.dropped``) rather than refusing the session.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,17 +102,26 @@ class Session:
         return self.trials["id"].size
 
 
-def open_hdf5(path: Path, what: str) -> h5py.File:
-    """Open ``path`` read-only, or a ``DataError`` naming the file and what it should be."""
+@contextmanager
+def open_hdf5(path: Path, what: str) -> Iterator[h5py.File]:
+    """``with open_hdf5(path, what) as f``: ``path`` open read-only. A file that is absent, not
+    HDF5, or damaged (HDF5's errors on opening it or on reading a block inside the ``with``)
+    is a ``DataError`` naming the file and what it should be."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file does not exist")
     if not h5py.is_hdf5(path):
         raise DataError(f"{path}: not an HDF5 file, so not {what}")
+    damaged = f"{path}: a damaged HDF5 file (truncated or overwritten?), so not usable as {what}"
     try:
-        return h5py.File(path, "r")
+        f = h5py.File(path, "r")
     except OSError as err:
-        raise DataError(f"{path}: cannot be opened as HDF5 ({err})") from err
+        raise DataError(f"{damaged}: {err}; restore or re-create it") from err
+    with f:
+        try:
+            yield f
+        except (OSError, RuntimeError) as err:  # h5py's errors on a bad block or link table
+            raise DataError(f"{damaged}: {err}; restore or re-create it") from err
 
 
 def read_session(

@@ -1,7 +1,7 @@
 """Pytrees of arrays <-> ``.npz`` files without pickle, written atomically.
 
 Keys are ``/``-joined paths (``cell/wRUHX``, ``expansion/0/W``); list indices are
-digits. Loading uses ``allow_pickle=False``, so a file can hold nothing but arrays.
+digits. Loading goes through ``safe_npz`` and refuses any member but a numeric array.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from lfads_jslds.io.atomic import atomic_write
+from lfads_jslds.io.safe_npz import load_npz_safely, require_numeric
 
 
 def flatten(tree: Any) -> dict[str, np.ndarray]:
@@ -57,6 +58,9 @@ def save(path: Path, tree: Any) -> None:
 
 
 def load(path: Path) -> dict[str, np.ndarray]:
-    """Read a flat ``{key: array}`` mapping; refuses pickled objects."""
-    with np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
+    """Read a flat ``{key: array}`` mapping (``safe_npz``: a regular file of bounded size, no
+    code run); a file that is not an ``.npz`` (truncated, say) or holds anything but numeric
+    arrays is a ``WeightsFileError`` naming the file and the member."""
+    flat = load_npz_safely(path)
+    require_numeric(flat, Path(path))
+    return {k: np.asarray(v) for k, v in flat.items()}

@@ -308,6 +308,32 @@ def load_npz_safely(path: str | os.PathLike[str], max_bytes: int = MAX_BYTES) ->
             }
 
 
+def require_numeric(tree: object, path: Path, where: str = "") -> None:
+    """Refuse (WeightsFileError naming ``path`` and the entry) a leaf of nested dicts, lists
+    and tuples that is not a numeric array: a :class:`Stub`, a pickled object array, text.
+
+    ``where`` names ``tree`` in the message (``"arr_0"``); a top-level key is named as the
+    archive's member. Weights and checkpoints hold numbers only, and a stray object would
+    otherwise fail deep inside the model with a bare ``TypeError``.
+    """
+    if isinstance(tree, dict | list | tuple):
+        items = tree.items() if isinstance(tree, dict) else enumerate(tree)
+        for key, value in items:
+            name = f"{where}[{key!r}]" if where else f"member {key!r}"
+            require_numeric(value, path, name)
+        return
+    if isinstance(tree, np.ndarray) and tree.dtype.kind in "biuf":
+        return
+    if isinstance(tree, np.ndarray):
+        what = "a pickled object array" if tree.dtype.hasobject else f"a {tree.dtype} array"
+    else:
+        what = repr(tree) if isinstance(tree, Stub) else f"a {type(tree).__name__}"
+    raise WeightsFileError(
+        f"{path}: {where} is {what}, not a numeric array (weights and checkpoints hold "
+        "numbers only; save them as numeric arrays)"
+    )
+
+
 def _open_regular(path: Path) -> IO[bytes]:
     """``path`` opened for reading, refused unless it is a regular file (symlinks followed).
 

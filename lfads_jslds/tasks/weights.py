@@ -18,7 +18,7 @@ import numpy as np
 
 from lfads_jslds import config as config_lib
 from lfads_jslds.io import pytree_npz
-from lfads_jslds.io.safe_npz import WeightsFileError, load_npz_safely
+from lfads_jslds.io.safe_npz import WeightsFileError, load_npz_safely, require_numeric
 from lfads_jslds.models.cells import Params
 from lfads_jslds.tasks.model import infer_model_config
 from lfads_jslds.tasks.spec import ModelConfig, TaskSpec, TaskTrainConfig
@@ -32,6 +32,10 @@ def from_reference(archive: dict[str, Any], path: Path) -> Params:
         raise WeightsFileError(
             f"{path}: arr_0 is not a JSLDS parameter dict with 'rnn', 'mlp', 'out' (found {found})"
         )
+    for part in ("rnn", "mlp", "out"):  # a stub or object where arrays belong: named here
+        require_numeric(ref[part], path, f"arr_0[{part!r}]")
+    if not isinstance(ref["rnn"], dict):
+        raise WeightsFileError(f"{path}: arr_0['rnn'] is not a dict of arrays")
     rnn = dict(ref["rnn"])
     try:
         h0 = rnn.pop("h0")
@@ -89,7 +93,7 @@ def load_task_weights(path: Path, spec: TaskSpec) -> tuple[Params, ModelConfig]:
             raise WeightsFileError(
                 f"{path} was trained on task {run_cfg.task!r}, not {spec.name!r}"
             )
-        tree = pytree_npz.unflatten(load_npz_safely(weights))  # regular, size-capped
+        tree = pytree_npz.unflatten(pytree_npz.load(weights))  # regular, size-capped
         params = tree.get("params", tree)
         model = run_cfg.model
     else:
@@ -97,10 +101,16 @@ def load_task_weights(path: Path, spec: TaskSpec) -> tuple[Params, ModelConfig]:
         if "arr_0" in archive:
             params = from_reference(archive, path)
         else:
+            require_numeric(archive, path)
             params = pytree_npz.unflatten(archive)
         try:
             model = infer_model_config(params, base=spec.defaults.model)
         except (KeyError, ValueError, TypeError) as err:
             raise WeightsFileError(f"{path}: not a task network's weights ({err})") from err
-    _check_fits(params, model, spec, path)
+    try:
+        _check_fits(params, model, spec, path)
+    except (KeyError, IndexError) as err:  # a parameter the saved config's network has
+        raise WeightsFileError(
+            f"{path}: not a {model.cell} task network's weights: no {err}"
+        ) from err
     return jax.tree_util.tree_map(jnp.asarray, params), model

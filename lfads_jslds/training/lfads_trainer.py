@@ -59,7 +59,12 @@ from lfads_jslds.io import atomic
 from lfads_jslds.models import lfads
 from lfads_jslds.training.checkpoints import Checkpoints
 from lfads_jslds.training.run_config import RunConfig, TrainConfig, validate
-from lfads_jslds.training.task_trainer import RunFolderError, all_finite, trim_log
+from lfads_jslds.training.task_trainer import (
+    RunFolderError,
+    all_finite,
+    check_out_folder,
+    trim_log,
+)
 
 CONFIG, DATA_INFO, DATA_FILE, LOG, SUMMARY = (
     "config.yaml",
@@ -239,8 +244,7 @@ def prepare_run(
     """
     validate(cfg)
     run = Path(run)
-    if run.exists() and not run.is_dir():
-        raise RunFolderError(f"run folder {run} exists and is not a folder")
+    check_out_folder(run)
     if resume:
         if not (run / CONFIG).exists() or Checkpoints(run / "checkpoints").latest_step() is None:
             raise RunFolderError(f"{run} has no checkpoint; nothing to resume")
@@ -275,6 +279,7 @@ def prepare_run(
         from lfads_jslds.data.nwb import read_session
 
         read_session(data_path, behavior=["hand_vel"])
+    created = not run.exists()  # a user's own empty folder (or a symlink to one) stays
     run.mkdir(parents=True, exist_ok=True)
     try:
         if nwb:
@@ -304,7 +309,7 @@ def prepare_run(
         check_batch(data, cfg)
     except Exception:
         (run / DATA_FILE).unlink(missing_ok=True)  # nothing half-written stays behind
-        if not any(run.iterdir()):
+        if created and not any(run.iterdir()):
             run.rmdir()
         raise
     source = data.attrs.get("source")  # the NWB the tensors were cut from, if recorded

@@ -11,6 +11,7 @@ step; rewritten atomically), ``log.csv`` (step and unweighted loss terms),
 from __future__ import annotations
 
 import csv
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 from lfads_jslds import config as config_lib
 from lfads_jslds.config import ConfigError
 from lfads_jslds.io import atomic, pytree_npz
+from lfads_jslds.io.safe_npz import WeightsFileError
 from lfads_jslds.models.cells import CELLS
 from lfads_jslds.tasks import TaskTrainConfig, get_task
 from lfads_jslds.tasks import model as task_model
@@ -41,6 +43,18 @@ CONFIG, CHECKPOINT, LOG, PARAMS, METRICS = (
 
 class RunFolderError(RuntimeError):
     """A run folder that cannot be used as asked (exists without --resume, no checkpoint)."""
+
+
+def check_out_folder(run: Path) -> None:
+    """Refuse an ``--out`` that cannot hold a run: a file, or a symlink to nothing (making
+    the folder would fail on it). A symlink to a folder is used as that folder."""
+    if run.is_symlink() and not run.exists():
+        raise RunFolderError(
+            f"--out {run} is a symlink to {os.readlink(run)}, which does not exist; create "
+            "that folder, or choose another --out"
+        )
+    if run.exists() and not run.is_dir():
+        raise RunFolderError(f"run folder {run} exists and is not a folder")
 
 
 def make_optimizer(optim: OptimConfig) -> optax.GradientTransformation:
@@ -113,7 +127,12 @@ def load_checkpoint(run: Path, tx: optax.GradientTransformation) -> TrainState:
     path = run / CHECKPOINT
     if not path.exists():
         raise RunFolderError(f"{run} has no checkpoint ({CHECKPOINT}); nothing to resume")
-    tree = pytree_npz.unflatten(pytree_npz.load(path))
+    try:
+        tree = pytree_npz.unflatten(pytree_npz.load(path))
+    except WeightsFileError as err:
+        raise RunFolderError(
+            f"{err}; the run cannot resume from it: train into a new --out"
+        ) from err
     params = jax.tree_util.tree_map(jnp.asarray, tree["params"])
     treedef = jax.tree_util.tree_structure(tx.init(params))
     opt_state = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(x) for x in tree["opt"]])
@@ -146,8 +165,7 @@ def prepare_run_folder(run: Path, cfg: TaskTrainConfig, resume: bool) -> None:
     Nothing is written before every check has passed. On resume only ``optim`` may
     differ from the saved config (e.g. more steps).
     """
-    if run.exists() and not run.is_dir():
-        raise RunFolderError(f"run folder {run} exists and is not a folder")
+    check_out_folder(run)
     if resume:
         if not (run / CHECKPOINT).exists():
             raise RunFolderError(f"{run} has no checkpoint ({CHECKPOINT}); nothing to resume")
