@@ -23,10 +23,20 @@ Expansion points (``--points``):
     python benchmarks/analysis.py [--trials 2295] [--bins 140] [--chunk 256] [--exact]
                                   [--points trained|random]
 
-Measured (2 shared CPU cores, AMD EPYC, OpenBLAS; load average from ``uptime``):
+Measured on the project machine (2 CPU cores, AMD EPYC, OpenBLAS 0.3.31), shared with
+other jobs: load average 5–7 throughout (``uptime``), so wall times are 1.5–2.5× what 2
+idle cores would give; CPU time (user + system) is the steadier figure.
 
-- before (``--exact``, the issue): 2295 trials, 1427 s in ``jacobian_modes``, 24 min.
-- see the commit log and ``tests/test_fast_modes.py`` for the fast path's figures.
+- Before, as the issue measured it (exact, random points, lower load): 24 min, 1427 s of
+  it in ``jacobian_modes`` (4.48 ms per point).
+- ``--trials 2295`` (fast path, trained-like points), 2026-11-29 09:25, load 5.5–6.7:
+  410.6 s wall, 261.9 s CPU, peak RSS 1.41 GB; ``jacobian_modes`` 405.1 s wall;
+  LAPACK at 17 334 of 321 300 points (5.4 %: 2 510 representatives, the rest fallbacks).
+- ``--trials 230 --exact``, 09:12, load 5–6: 311.0 s wall, 248.1 s CPU (9.66 ms per point
+  wall, 7.7 ms CPU), peak RSS 0.68 GB. At 2295 trials that is ≈ 3 100 s wall (52 min)
+  and ≈ 2 480 s CPU at this load: the full exact run could not finish in the session's
+  time, so it was measured at a tenth of the size.
+- Speed-up of the fast path: ≈ 7.6× wall, ≈ 9.5× CPU at 2295 trials.
 """
 
 from __future__ import annotations
