@@ -26,8 +26,9 @@ from lfads_jslds import config as config_lib
 from lfads_jslds.data.prepare import write_tensors
 from lfads_jslds.inference import expected_datasets
 from lfads_jslds.io import pytree_npz
-from lfads_jslds.tasks import default_config
+from lfads_jslds.tasks import default_config, get_task
 from lfads_jslds.tasks import model as task_model
+from lfads_jslds.tasks.weights import load_task_weights
 from lfads_jslds.training import lfads_trainer
 from lfads_jslds.training.run_config import RunConfig
 
@@ -216,8 +217,11 @@ def test_summary_json_is_strict_json_when_a_value_is_nan(tmp_path, trained_run):
 
 
 def _task_params() -> dict[str, np.ndarray]:
-    cfg = default_config("flipflop").model
-    params = task_model.init_params(jax.random.PRNGKey(0), cfg, 3, 3)
+    """A flip-flop network's weights as ``params.npz`` holds them: they fit the task."""
+    spec = get_task("flipflop")
+    params = task_model.init_params(
+        jax.random.PRNGKey(0), spec.defaults.model, spec.n_in, spec.n_out
+    )
     return pytree_npz.flatten(params)
 
 
@@ -255,6 +259,15 @@ def test_a_damaged_or_object_holding_params_npz_is_one_line(tmp_path, how, said)
     result = invoke("task", "eval", "flipflop", "--weights", run, "--trials", 8)
     assert_refused(result, str(run / "params.npz"), said)
     assert snapshot(run) == before
+
+
+def test_the_same_params_npz_intact_loads(tmp_path):
+    """The control of the two tests around it: the refusal comes from the damage alone."""
+    run = _task_run(tmp_path)
+    np.savez(run / "params.npz", **_task_params())
+    params, model = load_task_weights(run, get_task("flipflop"))
+    np.testing.assert_array_equal(params["cell"]["wRUHX"], _task_params()["cell/wRUHX"])
+    assert model.cell == "gru"
 
 
 def test_a_params_npz_lacking_a_parameter_is_one_line(tmp_path):
