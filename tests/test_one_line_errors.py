@@ -213,6 +213,26 @@ def test_summary_json_is_strict_json_when_a_value_is_nan(tmp_path, trained_run):
     assert summary["n_trials"] == 40
 
 
+@pytest.mark.parametrize("part", ["arrays", "metadata"])
+def test_a_damaged_lfads_checkpoint_is_one_line(tmp_path, trained_run, part):
+    """Orbax's files of the early-stopping weights cut to half: ``analyze`` names the step
+    folder and the fix; tensorstore's page-long detail is cut short."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (step,) = (run / "best").iterdir()
+    if part == "arrays":
+        cut = [p for p in (step / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+    else:
+        cut = [step / "meta" / "metadata"]
+    assert cut
+    for path in cut:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    before = snapshot(run)
+    err = assert_refused(invoke("analyze", run), f"cannot read the {part} of {step}")
+    assert "remove that folder to use an older checkpoint" in err and len(err) < 600
+    assert snapshot(run) == before
+
+
 # --- params.npz and checkpoint.npz of a task run folder -----------------------------------------
 
 

@@ -131,6 +131,17 @@ def _from_restored(target: Any, value: Any) -> Any:
     return value
 
 
+def _damaged(folder: Path, part: str, err: Exception) -> CheckpointError:
+    """A step folder orbax cannot read: its first 200 characters of detail (tensorstore's
+    run to pages), and the fix."""
+    detail = " ".join(str(err).split())
+    detail = detail if len(detail) <= 200 else detail[:200] + "..."
+    return CheckpointError(
+        f"cannot read the {part} of {folder}: the checkpoint is damaged ({detail}); restore "
+        "it from a copy, or remove that folder to use an older checkpoint"
+    )
+
+
 class Checkpoints:
     """Latest-``keep`` training-state checkpoints in ``directory`` (``keep=None``: keep all).
 
@@ -276,7 +287,7 @@ class Checkpoints:
                 step, args=ocp.args.Composite(**{_META: ocp.args.JsonRestore()})
             )[_META]
         except Exception as e:
-            raise CheckpointError(f"cannot read the metadata of {folder}: {e}") from e
+            raise _damaged(folder, "metadata", e) from e
         if not isinstance(record, dict) or record.get("format") != FORMAT:
             raise CheckpointError(f"{folder} is not a checkpoint of format {FORMAT}")
 
@@ -305,7 +316,7 @@ class Checkpoints:
                 step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(to_read)})
             )[_STATE]
         except Exception as e:
-            raise CheckpointError(f"cannot read the arrays of {folder}: {e}") from e
+            raise _damaged(folder, "arrays", e) from e
         values = [
             _from_restored(x, arrays[str(i)] if str(i) in arrays else _empty(spec))
             for i, (x, spec) in enumerate(zip(leaves, specs, strict=True))
