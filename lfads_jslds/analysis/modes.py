@@ -433,27 +433,27 @@ def _perturb(
     out = None
     if ok.any():  # all points are computed, only the accepted ones kept
         rows = np.arange(b)
-        lam1 = np.broadcast_to(lam, (b, n))  # J_r's spectrum, within rad of J_i's
+        spec = np.broadcast_to(lam, (b, n))  # J_r's spectrum, within rad of J_i's
         coef = W @ np.concatenate([d[:, :, None], ju], axis=-1)  # [b, n, 1 + u]
         gram = V.conj().T @ V
         vnorm = np.sqrt(np.real(np.diagonal(gram)))
         amp = np.abs(coef[:, :, 0]) * vnorm
-        weight = _weight(lam1, amp, rule)
-        rotating = _rotating(lam1, imag_tol)
+        weight = _weight(spec, amp, rule)
+        rotating = _rotating(spec, imag_tol)
         # modes whose rotation a first-order move |Δλ_l| ≤ s_l ‖E‖ (s_l = ‖w_l‖‖v_l‖, the
         # eigenvalue's condition number) leaves open: near the rotation threshold, or real
         # and within reach of the next real eigenvalue (only neighbours on the real line
         # can meet and leave it as a pair)
         with np.errstate(invalid="ignore"):
             move = np.linalg.norm(W, axis=1) * vnorm * (rad / kappa)[:, None]  # [b, n]
-        near = np.abs(lam1.imag - imag_tol * np.abs(lam1)) <= move * (1 + imag_tol)
+        near = np.abs(spec.imag - imag_tol * np.abs(spec)) <= move * (1 + imag_tol)
         real = np.flatnonzero(lam.imag == 0)
         line = real[np.argsort(lam[real].real)]
         hit = (move[:, line[:-1]] + move[:, line[1:]]) >= np.diff(lam[line].real)
         reach = np.zeros((b, n), bool)
         reach[:, line[:-1]] |= hit
         reach[:, line[1:]] |= hit
-        open_ = (near | reach) & (lam1.imag >= 0)
+        open_ = (near | reach) & (spec.imag >= 0)
         has = rotating.any(-1)
         k = np.argmax(np.where(rotating, weight, -1.0), axis=-1)
         top = {
@@ -497,10 +497,10 @@ def _perturb(
             & (~has | ((top_err <= tol) & (top["rho"] <= RHO_MAX) & (margin > top_err + tol)))
         )
         v_top = V[:, k].T + top["pv"] @ V.T  # [b, n] first-order right eigenvector
-        # the dominant pair's total: its refined weight replaces the first-order one
+        # the summed weight of all modes, the dominant pair's refined (the others: J_r's)
         total = weight.sum(-1) + 2.0 * (top["weight"] - weight[rows, k])
         out = _point_fields(
-            lam1, has, k, top["lam"], top["weight"],
+            spec, has, k, top["lam"], top["weight"],
             total, top["amp"], top["gain"], d, v_top,
         )  # fmt: skip
     return out, good
