@@ -213,8 +213,11 @@ def _params_of(run, cfg, data, folder="checkpoints"):
     return Checkpoints(run / folder).restore(target)[0]
 
 
-def test_kill_and_resume_reproduces_the_uninterrupted_weights(tmp_path, tensors_file, monkeypatch):
-    cfg = tiny_config("train.max_epochs=5")
+@pytest.mark.parametrize("checkpoint_every", [2, 6])  # 6: killed before the first checkpoint
+def test_kill_and_resume_reproduces_the_uninterrupted_weights(
+    tmp_path, tensors_file, monkeypatch, checkpoint_every
+):
+    cfg = tiny_config("train.max_epochs=5", f"train.checkpoint_every={checkpoint_every}")
     data, _ = lfads_trainer.prepare_run(tmp_path / "full", cfg, tensors_file, resume=False)
     lfads_trainer.train(cfg, tmp_path / "full", data, progress=False)
 
@@ -236,7 +239,9 @@ def test_kill_and_resume_reproduces_the_uninterrupted_weights(tmp_path, tensors_
     monkeypatch.setattr(lfads_trainer, "make_validation", dies_at_epoch_4)
     with pytest.raises(KeyboardInterrupt):
         lfads_trainer.train(cfg, killed, data, progress=False)
-    assert Checkpoints(killed / "checkpoints").latest_step() == 2
+    first = None if checkpoint_every > 3 else checkpoint_every
+    assert Checkpoints(killed / "checkpoints").latest_step() == first
+    assert len(_log(killed)) == 3  # epochs 1-3 logged, later redone
     monkeypatch.setattr(lfads_trainer, "make_validation", real)
     data2, _ = lfads_trainer.prepare_run(killed, cfg, tensors_file, resume=True)
     lfads_trainer.train(cfg, killed, data2, resume=True, progress=False)
@@ -464,6 +469,7 @@ def test_existing_run_folder_is_refused_and_resume_needs_a_checkpoint(tmp_path, 
     assert [p.name for p in run.iterdir()] == ["notes.txt"]
     result = runner.invoke(app, ["train", str(tensors_file), "--out", str(run), "--resume"])
     assert result.exit_code == 1 and "no checkpoint" in result.output
+    assert [p.name for p in run.iterdir()] == ["notes.txt"]
     result = runner.invoke(app, ["infer", str(run)])
     assert result.exit_code == 1 and "config.yaml" in result.output
 

@@ -2,7 +2,8 @@
 
 Determinism: batch order comes from ``fold_in(data_key, epoch)`` and every random draw of
 a step (coordinated dropout, dropout, posterior samples) from ``fold_in(step_key, step)``,
-so a run resumed from a checkpoint ends with the same weights as an uninterrupted one.
+so a run resumed from a checkpoint ends with the same weights as an uninterrupted one. A run
+killed before its first checkpoint resumes from epoch 0, with the same result.
 
 NaN guard: a step whose loss, gradients or updated weights and optimiser state are not
 finite leaves weights and optimiser state untouched; after ``max_bad_steps`` of them in a
@@ -246,7 +247,9 @@ def prepare_run(
     run = Path(run)
     check_out_folder(run)
     if resume:
-        if not (run / CONFIG).exists() or Checkpoints(run / "checkpoints").latest_step() is None:
+        # A run killed before its first checkpoint has config.yaml and data.json: it restarts
+        # from epoch 0 (train drops the log rows it had written).
+        if not (run / CONFIG).exists() or not (run / DATA_INFO).exists():
             raise RunFolderError(f"{run} has no checkpoint; nothing to resume")
         saved = config_lib.update(
             RunConfig(), config_lib.load_yaml(run / CONFIG), str(run / CONFIG)
@@ -434,8 +437,9 @@ def train(
     latest, best_ckpt = Checkpoints(run / "checkpoints", keep=2), Checkpoints(run / "best", keep=1)
     prog = Progress()
     if resume:
-        (params, opt_state), meta = latest.restore((params, opt_state))
-        prog = Progress(**meta)
+        if latest.latest_step() is not None:  # else killed before the first: start afresh
+            (params, opt_state), meta = latest.restore((params, opt_state))
+            prog = Progress(**meta)
         trim_log(run / LOG, prog.epoch)
         _drop_later_steps(run / "best", prog.epoch)  # redone identically from here on
         best_ckpt = Checkpoints(run / "best", keep=1)
