@@ -385,22 +385,33 @@ def _analyze_stage(
 ) -> None:
     from lfads_jslds.analysis.report import ANALYSIS, analyze_run
 
-    s = analyze_run(run, rule, jpca_window, exact)
-    tau, jp = s["tau_s_median"], s["jpca"]
+    typer.echo(analysis_line(analyze_run(run, rule, jpca_window, exact)))
+    typer.echo(f"wrote {run / ANALYSIS}")
+
+
+def analysis_line(s: dict) -> str:
+    """One line from ``summary.json``; holds where no bin rotates (its figures are None)."""
+    jp = s["jpca"]
     jpca_text = (
         f"jPCA skipped ({jp['skipped']})"
         if "skipped" in jp
         else f"jPCA {jp['rotation_hz']:.3g} Hz over {jp['bins_ms'][0]:g} to "
         f"{jp['bins_ms'][1]:g} ms (R² skew {jp['r2_skew']:.2f})"
     )
-    typer.echo(
-        f"dominant rotational mode ({s['dominant_rule']} rule): "
-        f"{s['rotation_hz_median']:.3g} Hz median (IQR "
-        f"{s['rotation_hz_iqr']:.3g}), tau {'inf' if tau is None else f'{tau:.3g} s'}; "
-        f"{jpca_text}; "
-        f"median ‖F(e*)−e*‖ {s['fixed_point_residual_median']:.3g} ({s['expansion_points_source']})"
+    if s["rotation_hz_median"] is None:
+        mode_text = "none (no bin has a rotating pair)"
+    else:
+        tau = s["tau_s_median"]  # None: |λ| ≥ 1, the mode does not decay
+        mode_text = (
+            f"{s['rotation_hz_median']:.3g} Hz median (IQR {s['rotation_hz_iqr']:.3g}), "
+            f"tau {'inf' if tau is None else f'{tau:.3g} s'}"
+        )
+    residual = s["fixed_point_residual_median"]
+    residual_text = "n/a" if residual is None else f"{residual:.3g}"
+    return (
+        f"dominant rotational mode ({s['dominant_rule']} rule): {mode_text}; {jpca_text}; "
+        f"median ‖F(e*)−e*‖ {residual_text} ({s['expansion_points_source']})"
     )
-    typer.echo(f"wrote {run / ANALYSIS}")
 
 
 @app.command("analyze")

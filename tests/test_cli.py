@@ -320,3 +320,26 @@ def test_resume_with_changed_model_is_refused(tiny_run, tmp_path):
     )
     assert_refused(result, "config.yaml", "differs")
     assert snapshot(run) == before
+
+
+def test_analysis_line_holds_when_no_bin_rotates():
+    """analyze printed its summary with ``:.3g`` and died on None after writing analysis/."""
+    from lfads_jslds.cli import analysis_line
+
+    base = {
+        "dominant_rule": "motion",
+        "jpca": {"skipped": "no conditions"},
+        "fixed_point_residual_median": None,  # written as null where it was NaN
+        "expansion_points_source": "expansion network E (JSLDS)",
+    }
+    none = {**base, "rotation_hz_median": None, "rotation_hz_iqr": None, "tau_s_median": None}
+    assert analysis_line(none) == (
+        "dominant rotational mode (motion rule): none (no bin has a rotating pair); "
+        "jPCA skipped (no conditions); median ‖F(e*)−e*‖ n/a (expansion network E (JSLDS))"
+    )
+    some = {**none, "rotation_hz_median": 2.0931, "rotation_hz_iqr": 1e-4, "tau_s_median": None}
+    some["fixed_point_residual_median"] = 0.00139
+    assert analysis_line(some).startswith(
+        "dominant rotational mode (motion rule): 2.09 Hz median (IQR 0.0001), tau inf; "
+    )
+    assert analysis_line(some).endswith("median ‖F(e*)−e*‖ 0.00139 (expansion network E (JSLDS))")
