@@ -37,6 +37,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lfads_jslds.data import nlb
+from lfads_jslds.data.dataset import LFADSData
 from lfads_jslds.data.nwb import DataError, open_hdf5
 from lfads_jslds.io.h5 import read_group, save_h5_dict
 from lfads_jslds.io.nwb_rates import write_nlb_submission, write_rates_nwb
@@ -182,15 +183,48 @@ def submission_from_inference(inf: dict[str, Any]) -> dict[str, np.ndarray]:
 
 
 def infer_run(run: Path, progress: bool = True, write_nwb: bool = True) -> dict[str, Path]:
-    """Write ``inference.h5``, ``submission.h5`` and (with a source NWB) ``rates.nwb``."""
+    """Write ``inference.h5``, ``submission.h5`` and (with a source NWB) ``rates.nwb``.
+
+    Each is written atomically, so a killed ``infer`` leaves some of them whole and the
+    rest absent; a re-run writes only the absent ones (from ``inference.h5`` when it
+    exists). Nothing is overwritten: with every output present, it refuses.
+    """
     run = Path(run)
     cfg = lfads_trainer.load_config(run)
-    for name in (INFERENCE, SUBMISSION, RATES_NWB):
-        if (run / name).exists():
-            raise RunFolderError(
-                f"{run / name} already exists; remove it to infer again (nothing overwritten)"
-            )
     data, source = lfads_trainer.load_run_data(run)
+    nwb = write_nwb and source is not None and Path(source).exists()
+    outputs = (INFERENCE, SUBMISSION, *([RATES_NWB] if nwb else []))
+    if all((run / name).exists() for name in outputs):
+        raise RunFolderError(
+            f"{run / outputs[-1]} already exists, as do the other outputs of infer; remove "
+            "them to infer again (nothing overwritten)"
+        )
+    if (run / INFERENCE).exists():  # a killed infer: complete the rest from it
+        result, attrs = load_inference(run)
+        written = {}
+    else:
+        result, attrs = _infer_arrays(run, cfg, data, progress)
+        save_h5_dict(run / INFERENCE, result, attrs)
+        written = {"inference": run / INFERENCE}
+    if not (run / SUBMISSION).exists():
+        write_nlb_submission(
+            run / SUBMISSION,
+            nlb_name(data.attrs.get("dataset") or source, data.bin_ms),  # by file or source
+            submission_from_inference(result),
+        )
+        written["submission"] = run / SUBMISSION
+    if nwb and not (run / RATES_NWB).exists():
+        written["nwb"] = _rates_into_nwb(run, Path(source), result, attrs)
+    elif write_nwb and not nwb:
+        why = "the tensors name no source NWB" if source is None else f"{source} is missing"
+        warnings.warn(f"no rates.nwb written: {why}", stacklevel=2)
+    return written
+
+
+def _infer_arrays(
+    run: Path, cfg: RunConfig, data: LFADSData, progress: bool
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(arrays, attrs) of ``inference.h5``: posterior-averaged outputs of every trial."""
     params = lfads_trainer.load_params(run, cfg, data)
     x = np.concatenate([data.train_input, data.eval_input])
     eval_label = "test" if data.attrs.get("phase") == "test" else "val"
@@ -232,20 +266,7 @@ def infer_run(run: Path, progress: bool = True, write_nwb: bool = True) -> dict[
         "samples": 0 if cfg.infer.posterior_mean else cfg.infer.samples,
         "rates_unit": "spikes per bin",
     }
-    save_h5_dict(run / INFERENCE, result, attrs)
-    written = {"inference": run / INFERENCE}
-    write_nlb_submission(
-        run / SUBMISSION,
-        nlb_name(data.attrs.get("dataset") or source, data.bin_ms),  # named by the file or source
-        submission_from_inference(result),
-    )
-    written["submission"] = run / SUBMISSION
-    if write_nwb and source is not None and Path(source).exists():
-        written["nwb"] = _rates_into_nwb(run, Path(source), result, attrs)
-    elif write_nwb:
-        why = "the tensors name no source NWB" if source is None else f"{source} is missing"
-        warnings.warn(f"no rates.nwb written: {why}", stacklevel=2)
-    return written
+    return result, attrs
 
 
 def _rates_into_nwb(run: Path, source: Path, result: dict[str, Any], attrs: dict) -> Path:

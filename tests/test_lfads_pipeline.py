@@ -16,6 +16,7 @@ from lfads_jslds.analysis.modes import RULES
 from lfads_jslds.cli import DominantRule, app
 from lfads_jslds.data import dataset
 from lfads_jslds.data.prepare import write_tensors
+from lfads_jslds.io.h5 import read_group
 from lfads_jslds.models import lfads
 from lfads_jslds.training import lfads_trainer
 from lfads_jslds.training.checkpoints import Checkpoints
@@ -364,8 +365,21 @@ def test_run_writes_the_documented_outputs(tmp_path, tensors_file):
     ):
         assert (run / "analysis" / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     # a second infer or evaluate never overwrites
+    inference_bytes = (run / "inference.h5").read_bytes()
     again = runner.invoke(app, ["infer", str(run), "--no-progress"])
     assert again.exit_code == 1 and "already exists" in again.output
+    # an infer killed after inference.h5: a re-run writes the missing submission from it
+    with h5py.File(run / "submission.h5") as f:
+        submission = read_group(f)
+    (run / "submission.h5").unlink()
+    again = runner.invoke(app, ["infer", str(run), "--no-progress"])
+    assert again.exit_code == 0, again.output
+    assert (run / "inference.h5").read_bytes() == inference_bytes  # untouched
+    with h5py.File(run / "submission.h5") as f:
+        rewritten = read_group(f)
+    assert jax.tree.structure(rewritten) == jax.tree.structure(submission)
+    for a, b in zip(jax.tree.leaves(rewritten), jax.tree.leaves(submission), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_an_slds_run_reports_the_jslds_path_and_keeps_the_rnn_path_beside(tmp_path, tensors_file):
