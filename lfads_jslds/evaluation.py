@@ -107,7 +107,7 @@ def evaluate_run(run: Path) -> dict[str, Any]:
     run = Path(run)
     if (run / METRICS).exists():
         raise RunFolderError(f"{run / METRICS} already exists; remove it to evaluate again")
-    cfg = lfads_trainer.load_config(run)
+    cfg = lfads_trainer.open_run(run)
     inf, attrs = load_inference(run)
     data, source = lfads_trainer.load_run_data(run)
     tensors = data.tensors

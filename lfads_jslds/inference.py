@@ -190,7 +190,7 @@ def infer_run(run: Path, progress: bool = True, write_nwb: bool = True) -> dict[
     exists). Nothing is overwritten: with every output present, it refuses.
     """
     run = Path(run)
-    cfg = lfads_trainer.load_config(run)
+    cfg = lfads_trainer.open_run(run)
     data, source = lfads_trainer.load_run_data(run)
     nwb = write_nwb and source is not None and Path(source).exists()
     outputs = (INFERENCE, SUBMISSION, *([RATES_NWB] if nwb else []))

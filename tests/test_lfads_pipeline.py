@@ -372,8 +372,14 @@ def test_run_writes_the_documented_outputs(tmp_path, tensors_file):
     with h5py.File(run / "submission.h5") as f:
         submission = read_group(f)
     (run / "submission.h5").unlink()
-    again = runner.invoke(app, ["infer", str(run), "--no-progress"])
+    orphan = run / ".submission.h5.x1y2z3_4.tmp"  # as a SIGKILL mid-write leaves it
+    orphan.write_bytes(b"half")
+    mine = run / ".notes.tmp"  # a user's file: not an atomic_write temp name
+    mine.write_text("keep")
+    with pytest.warns(UserWarning, match=r"removed temporary files .*\.submission\.h5\.x1y2z3_4"):
+        again = runner.invoke(app, ["infer", str(run), "--no-progress"])
     assert again.exit_code == 0, again.output
+    assert not orphan.exists() and mine.read_text() == "keep"
     assert (run / "inference.h5").read_bytes() == inference_bytes  # untouched
     with h5py.File(run / "submission.h5") as f:
         rewritten = read_group(f)

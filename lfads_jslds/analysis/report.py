@@ -135,7 +135,7 @@ def analyze_run(
         raise RunFolderError(
             f"{out / 'summary.json'} already exists; remove {out} to analyze again"
         )
-    cfg = lfads_trainer.load_config(run)
+    cfg = lfads_trainer.open_run(run)
     inf, attrs = load_inference(run)
     data, _ = lfads_trainer.load_run_data(run)
     params = lfads_trainer.load_params(run, cfg, data)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +37,25 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+#: The temp files ``atomic_write`` makes: ``.NAME.XXXXXXXX.tmp`` (mkstemp's 8 characters).
+_TEMP = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
+def remove_orphans(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temp files that a killed ``atomic_write`` left under ``folder``; returns them.
+
+    Only files named as ``atomic_write`` names its temp files are touched. Call it where no
+    other process writes into ``folder`` (a stage starting on its run folder).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    orphans = [p for p in folder.rglob(".*.tmp") if p.is_file() and _TEMP.match(p.name)]
+    for p in orphans:
+        p.unlink()
+    return orphans
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -251,6 +251,7 @@ def prepare_run(
         # from epoch 0 (train drops the log rows it had written).
         if not (run / CONFIG).exists() or not (run / DATA_INFO).exists():
             raise RunFolderError(f"{run} has no checkpoint; nothing to resume")
+        open_run(run)
         saved = config_lib.update(
             RunConfig(), config_lib.load_yaml(run / CONFIG), str(run / CONFIG)
         )
@@ -384,6 +385,17 @@ def load_config(run: Path) -> RunConfig:
     if not path.exists():
         raise RunFolderError(f"{run} has no {CONFIG}: not a run folder made by `train`")
     return config_lib.update(RunConfig(), config_lib.load_yaml(path), str(path))
+
+
+def open_run(run: Path) -> RunConfig:
+    """A stage starting on ``run``: its config, after removing the temp files a killed
+    stage left there (named in a warning)."""
+    cfg = load_config(run)
+    orphans = atomic.remove_orphans(run)
+    if orphans:
+        names = ", ".join(str(p.relative_to(run)) for p in orphans)
+        warnings.warn(f"{run}: removed temporary files a killed run left: {names}", stacklevel=2)
+    return cfg
 
 
 def _drop_later_steps(folder: Path, epoch: int) -> None:
