@@ -269,6 +269,28 @@ def test_kill_and_resume_reproduces_the_uninterrupted_weights(
     )
 
 
+def test_resume_falls_back_from_a_damaged_latest_checkpoint(tmp_path, tensors_file):
+    """Step 5's arrays cut to half: resume warns, restarts from step 4, and ends with the
+    weights the undamaged step 5 held (training is deterministic per epoch)."""
+    cfg = tiny_config("train.max_epochs=5")
+    run = tmp_path / "run"
+    data, _ = lfads_trainer.prepare_run(run, cfg, tensors_file, resume=False)
+    lfads_trainer.train(cfg, run, data, progress=False)
+    assert Checkpoints(run / "checkpoints").all_steps() == [4, 5]
+    whole = jax.tree.leaves(_params_of(run, cfg, data))
+    step5 = run / "checkpoints" / "5"
+    for path in (p for p in (step5 / "state").rglob("*") if p.is_file() and p.parent.name == "d"):
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    data2, _ = lfads_trainer.prepare_run(run, cfg, tensors_file, resume=True)
+    with pytest.warns(UserWarning, match=r"cannot read the arrays of .*checkpoints/5"):
+        lfads_trainer.train(cfg, run, data2, resume=True, progress=False)
+    assert Checkpoints(run / "checkpoints").all_steps() == [4, 5]
+    redone = jax.tree.leaves(_params_of(run, cfg, data))
+    for x, y in zip(whole, redone, strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert [r["epoch"] for r in _log(run)] == [str(e) for e in range(1, 6)]
+
+
 def test_nan_steps_are_skipped_and_never_reach_the_weights(tmp_path, tensors_file):
     # no dropout of any kind: a dropped entry would hide the NaN from the loss
     cfg = tiny_config(

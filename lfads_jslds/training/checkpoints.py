@@ -131,12 +131,16 @@ def _from_restored(target: Any, value: Any) -> Any:
     return value
 
 
+class DamagedCheckpoint(CheckpointError):
+    """A step folder whose files orbax cannot read back (an older step may still be whole)."""
+
+
 def _damaged(folder: Path, part: str, err: Exception) -> CheckpointError:
     """A step folder orbax cannot read: its first 200 characters of detail (tensorstore's
     run to pages), and the fix."""
     detail = " ".join(str(err).split())
     detail = detail if len(detail) <= 200 else detail[:200] + "..."
-    return CheckpointError(
+    return DamagedCheckpoint(
         f"cannot read the {part} of {folder}: the checkpoint is damaged ({detail}); restore "
         "it from a copy, or remove that folder to use an older checkpoint"
     )

@@ -58,7 +58,7 @@ from lfads_jslds.data import dataset
 from lfads_jslds.data.dataset import LFADSData
 from lfads_jslds.io import atomic
 from lfads_jslds.models import lfads
-from lfads_jslds.training.checkpoints import Checkpoints
+from lfads_jslds.training.checkpoints import Checkpoints, DamagedCheckpoint
 from lfads_jslds.training.run_config import RunConfig, TrainConfig, validate
 from lfads_jslds.training.task_trainer import (
     RunFolderError,
@@ -398,6 +398,25 @@ def open_run(run: Path) -> RunConfig:
     return cfg
 
 
+def restore_newest_intact(latest: Checkpoints, target: Any) -> tuple[Any, dict[str, Any]]:
+    """``latest.restore`` of the newest step that reads back whole; each damaged newer step
+    is named in a warning (training from the older one redoes it bit for bit)."""
+    steps = latest.all_steps()
+    for step in reversed(steps):
+        try:
+            restored = latest.restore(target, step)
+        except DamagedCheckpoint as e:
+            warnings.warn(f"{e}; trying the checkpoint before it", stacklevel=2)
+            continue
+        if step != steps[-1]:
+            warnings.warn(f"resuming from {latest.directory / str(step)}", stacklevel=2)
+        return restored
+    raise RunFolderError(
+        f"no intact checkpoint in {latest.directory} (steps {steps} are all damaged); "
+        "restore one from a copy, or train into a new --out"
+    )
+
+
 def _drop_later_steps(folder: Path, epoch: int) -> None:
     """Remove step folders after ``epoch`` (saved after the checkpoint a resume starts from)."""
     if folder.is_dir():
@@ -450,8 +469,9 @@ def train(
     prog = Progress()
     if resume:
         if latest.latest_step() is not None:  # else killed before the first: start afresh
-            (params, opt_state), meta = latest.restore((params, opt_state))
+            (params, opt_state), meta = restore_newest_intact(latest, (params, opt_state))
             prog = Progress(**meta)
+            _drop_later_steps(run / "checkpoints", prog.epoch)  # damaged: redone identically
         trim_log(run / LOG, prog.epoch)
         _drop_later_steps(run / "best", prog.epoch)  # redone identically from here on
         best_ckpt = Checkpoints(run / "best", keep=1)
