@@ -251,10 +251,7 @@ def prepare_run(
         # from epoch 0 (train drops the log rows it had written).
         if not (run / CONFIG).exists() or not (run / DATA_INFO).exists():
             raise RunFolderError(f"{run} has no checkpoint; nothing to resume")
-        open_run(run)
-        saved = config_lib.update(
-            RunConfig(), config_lib.load_yaml(run / CONFIG), str(run / CONFIG)
-        )
+        saved = open_run(run)
         if cfg.data.bin_ms is None:  # not given: the width this run's train resolved
             cfg = replace(cfg, data=replace(cfg.data, bin_ms=saved.data.bin_ms))
         a, b = config_lib.to_dict(saved), config_lib.to_dict(cfg)
@@ -320,9 +317,10 @@ def prepare_run(
     # the run's own data.h5 is named relative to the run, so the folder can move
     info = {"tensors": DATA_FILE if nwb else str(tensors_path), "source": source}
     info["ids_positional"] = data.attrs.get("ids_positional", [])  # ids the file lacked
+    input_sha256 = sha256(data_path)
     info["provenance"] = {
-        "input": {"path": str(data_path.resolve()), "sha256": sha256(data_path)},
-        "tensors_sha256": sha256(tensors_path),
+        "input": {"path": str(data_path.resolve()), "sha256": input_sha256},
+        "tensors_sha256": sha256(tensors_path) if nwb else input_sha256,  # else the same file
         "shapes": {k: list(v.shape) for k, v in data.tensors.items() if hasattr(v, "shape")},
         "bin_ms": data.bin_ms,
     }
