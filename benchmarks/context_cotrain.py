@@ -21,7 +21,7 @@ from pathlib import Path
 
 from lfads_jslds import config as config_lib
 from lfads_jslds.tasks import default_config
-from lfads_jslds.training.task_trainer import train
+from lfads_jslds.training.tasks import train
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ import numpy as np
 from lfads_jslds import config as config_lib
 from lfads_jslds.tasks import default_config, get_task
 from lfads_jslds.tasks import model as task_model
-from lfads_jslds.training.task_trainer import make_optimizer, make_train_step, seed_keys
+from lfads_jslds.training.tasks import make_optimizer, make_train_step, seed_keys
 
 STANDARD = ["loss.rnn=1.0", "loss.jslds=0.0", "loss.fixed_point=0.0", "loss.approx=0.0"]
 

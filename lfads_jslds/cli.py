@@ -180,7 +180,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from lfads_jslds.io.safe_npz import WeightsFileError
     from lfads_jslds.tasks import UnknownTaskError
     from lfads_jslds.training.checkpoints import CheckpointError
-    from lfads_jslds.training.task_trainer import RunFolderError
+    from lfads_jslds.training.loop import RunFolderError
 
     return (
         CheckpointError,
@@ -217,7 +217,7 @@ def task_train(
     def go() -> None:
         from lfads_jslds import config as config_lib
         from lfads_jslds.tasks import default_config
-        from lfads_jslds.training import task_trainer
+        from lfads_jslds.training import tasks as task_trainer
 
         overrides = list(set_ or []) + ([f"optim.steps={steps}"] if steps is not None else [])
         base = default_config(task)
@@ -312,15 +312,15 @@ def _train_stage(
     data: Path, out: Path, config: Path | None, overrides: list[str], resume: bool, progress: bool
 ) -> None:
     from lfads_jslds import config as config_lib
-    from lfads_jslds.training import lfads_trainer
+    from lfads_jslds.pipeline.run import RunFolder
+    from lfads_jslds.pipeline.train import train_run
     from lfads_jslds.training.run_config import RunConfig
 
     base = RunConfig()
-    if resume and (out / lfads_trainer.CONFIG).exists():
-        base = lfads_trainer.load_config(out)
+    if resume and (out / RunFolder.CONFIG).exists():
+        base = RunFolder(out).config
     cfg = config_lib.resolve(base, config, overrides)
-    loaded, _ = lfads_trainer.prepare_run(out, cfg, data, resume)
-    summary = lfads_trainer.train(cfg, out, loaded, resume=resume, progress=progress)
+    summary = train_run(out, cfg, data, resume=resume, progress=progress)
     typer.echo(
         f"trained {summary['epochs']} epochs ({summary['steps']} steps, "
         f"{summary['train_seconds']:.0f} s; {summary['stop_reason']}); best epoch "
@@ -329,17 +329,18 @@ def _train_stage(
 
 
 def _infer_stage(run: Path, progress: bool) -> None:
-    from lfads_jslds.inference import infer_run
+    from lfads_jslds.pipeline.infer import infer_run
 
     for what, path in infer_run(run, progress=progress).items():
         typer.echo(f"wrote {what}: {path}")
 
 
 def _evaluate_stage(run: Path) -> None:
-    from lfads_jslds.evaluation import METRICS, evaluate_run
+    from lfads_jslds.pipeline.evaluate import evaluate_run
+    from lfads_jslds.pipeline.run import RunFolder
 
     typer.echo(format_run_metrics(evaluate_run(run)))
-    typer.echo(f"wrote {run / METRICS}")
+    typer.echo(f"wrote {run / RunFolder.METRICS}")
 
 
 @app.command("train")
@@ -383,10 +384,11 @@ def _analyze_stage(
     jpca_window: tuple[float, float] | None = None,
     exact: bool = False,
 ) -> None:
-    from lfads_jslds.analysis.report import ANALYSIS, analyze_run
+    from lfads_jslds.pipeline.analyze import analyze_run
+    from lfads_jslds.pipeline.run import RunFolder
 
     typer.echo(analysis_line(analyze_run(run, rule, jpca_window, exact)))
-    typer.echo(f"wrote {run / ANALYSIS}")
+    typer.echo(f"wrote {run / RunFolder.ANALYSIS}")
 
 
 def analysis_line(s: dict) -> str:

@@ -29,12 +29,11 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from lfads_jslds.inference import load_inference
-from lfads_jslds.training import lfads_trainer
+from lfads_jslds.pipeline.run import RunFolder
 
-RUN = Path(os.environ.get("LFADS_JSLDS_RUN", "../runs/demo-latest"))
-inf, attrs = load_inference(RUN)
-data, source = lfads_trainer.load_run_data(RUN)
+RUN = RunFolder.open(Path(os.environ.get("LFADS_JSLDS_RUN", "../runs/demo-latest")))
+inf, attrs = RUN.inference()
+data, source = RUN.data, RUN.source
 dt = attrs["bin_ms"] / 1000.0  # seconds per bin; rates in inference.h5 are spikes per bin
 print({k: v.shape for k, v in inf.items() if hasattr(v, "shape")})
 

@@ -34,9 +34,9 @@ import h5py
 import matplotlib.pyplot as plt
 import numpy as np
 
-from lfads_jslds.inference import load_inference
+from lfads_jslds.pipeline.run import RunFolder
 
-RUN = Path(os.environ.get("LFADS_JSLDS_RUN", "../runs/demo-latest"))
+RUN = RunFolder.open(Path(os.environ.get("LFADS_JSLDS_RUN", "../runs/demo-latest")))
 summary = json.loads((RUN / "analysis" / "summary.json").read_text())
 print({k: summary[k] for k in ("rotation_hz_median", "rotation_hz_iqr", "tau_s_median", "dt_s")})
 print("expansion points from:", summary["expansion_points_source"])
@@ -79,5 +79,5 @@ with np.errstate(divide="ignore"):
     tau = np.where(np.abs(lam) < 1, -dt / np.log(np.abs(lam)), np.inf)
 for k in range(min(8, lam.size)):
     print(f"|λ| {abs(lam[k]):.3f}   {freq_all[k]:6.2f} Hz   τ {tau[k]:.3f} s")
-inf, _ = load_inference(RUN)
+inf, _ = RUN.inference()
 assert inf["expansion_points"].shape[:2] == freq.shape if "expansion_points" in inf else True

@@ -24,7 +24,7 @@ from lfads_jslds.data import dataset
 from lfads_jslds.data import prepare as prep
 from lfads_jslds.data.nwb import DataError, read_session
 from lfads_jslds.data.prepare import write_tensors
-from lfads_jslds.training import lfads_trainer
+from lfads_jslds.training import lfads as lfads_training
 
 runner = CliRunner()
 SETS = [a for s in TINY for a in ("--set", s)]
@@ -298,7 +298,7 @@ def test_a_file_that_cannot_be_trained_on_is_refused_in_seconds(
     def never(*args, **kwargs):
         raise AssertionError("training started on a file that cannot be used")
 
-    monkeypatch.setattr(lfads_trainer, "train", never)
+    monkeypatch.setattr(lfads_training, "train", never)
     path, extra, needle = _unusable(tmp_path, test_like, which)
     run = tmp_path / "run"
     start = time.perf_counter()

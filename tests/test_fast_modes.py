@@ -41,9 +41,8 @@ from typer.testing import CliRunner
 from lfads_jslds.analysis import modes
 from lfads_jslds.cli import app
 from lfads_jslds.data import dataset, synth
-from lfads_jslds.inference import load_inference
 from lfads_jslds.models.cells import lfads_gru
-from lfads_jslds.training import lfads_trainer
+from lfads_jslds.pipeline.run import RunFolder
 
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("compile_cache")
@@ -109,10 +108,9 @@ def real_spikes_run(tmp_path_factory):
 
 
 def _modes_both_ways(run):
-    cfg = lfads_trainer.load_config(run)
-    inf, attrs = load_inference(run)
-    data, _ = lfads_trainer.load_run_data(run)
-    params = lfads_trainer.load_params(run, cfg, data)
+    folder = RunFolder.open(run)
+    cfg, params = folder.config, folder.params()
+    inf, attrs = folder.inference()
     dt = float(attrs["bin_ms"]) / 1000.0
     cell = lambda p, h, u: lfads_gru(p, h, u, clip=cfg.model.cell_clip)  # noqa: E731
     args = (cell, params["gen"], inf["expansion_points"], cfg.model.co_dim, dt)

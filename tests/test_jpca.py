@@ -14,7 +14,7 @@ from lfads_jslds.analysis.jpca import (
     rotation_frequency_hz,
     window_bins,
 )
-from lfads_jslds.analysis.report import condition_jpca
+from lfads_jslds.pipeline.analyze import condition_jpca
 
 
 def _rot(theta):

@@ -10,10 +10,10 @@ import pytest
 import scipy.stats
 from flax import nnx
 
-from lfads_jslds.inference import infer_trials
 from lfads_jslds.models import lfads
 from lfads_jslds.models.cells import lfads_gru
-from lfads_jslds.training.lfads_trainer import coordinated_dropout
+from lfads_jslds.pipeline.infer import infer_trials
+from lfads_jslds.training.lfads import coordinated_dropout
 from lfads_jslds.training.run_config import InferConfig, RunConfig
 
 TINY = lfads.LFADSConfig(

@@ -18,7 +18,9 @@ from lfads_jslds.data import dataset
 from lfads_jslds.data.prepare import write_tensors
 from lfads_jslds.io.h5 import read_group
 from lfads_jslds.models import lfads
-from lfads_jslds.training import lfads_trainer
+from lfads_jslds.pipeline.run import RunFolder, RunFolderError
+from lfads_jslds.pipeline.train import prepare_run
+from lfads_jslds.training import lfads as lfads_training
 from lfads_jslds.training.checkpoints import Checkpoints
 from lfads_jslds.training.run_config import RunConfig
 
@@ -97,8 +99,8 @@ def test_a_short_fit_of_each_generator_lowers_the_loss(tmp_path, tensors_file, g
     cfg = tiny_config(
         f"model.generator={generator}", "train.max_epochs=12", "model.dropout=0", "train.lr=0.02"
     )
-    data, _ = lfads_trainer.prepare_run(tmp_path / "run", cfg, tensors_file, resume=False)
-    lfads_trainer.train(cfg, tmp_path / "run", data, progress=False)
+    _, data = prepare_run(tmp_path / "run", cfg, tensors_file, resume=False)
+    lfads_training.train(cfg, RunFolder(tmp_path / "run").train_files, data, progress=False)
     rows = _log(tmp_path / "run")
     assert len(rows) == 12
     first, last = float(rows[0]["total"]), float(rows[-1]["total"])
@@ -122,20 +124,20 @@ def test_validation_does_not_reward_copying_the_input(monkeypatch):
     rng = np.random.default_rng(0)
     rates = rng.uniform(0.5, 3.0, (6, 10, 4))  # spikes per bin
     x = rng.poisson(rates).astype(np.float32)
-    sv = lfads_trainer.sample_validation(x, 0.2, seed=3)
+    sv = lfads_training.sample_validation(x, 0.2, seed=3)
     assert 0.1 < sv.mask.mean() < 0.3
     np.testing.assert_array_equal(sv.input[sv.mask], 0.0)
     np.testing.assert_allclose(sv.input[~sv.mask], x[~sv.mask] / 0.8, rtol=1e-6)
     np.testing.assert_array_equal(sv.target[sv.mask], x[sv.mask])
     assert np.isnan(sv.target[~sv.mask]).all()
-    again = lfads_trainer.sample_validation(x, 0.2, seed=3)  # fixed: the same every epoch
+    again = lfads_training.sample_validation(x, 0.2, seed=3)  # fixed: the same every epoch
     np.testing.assert_array_equal(again.mask, sv.mask)
 
     cfg = tiny_config("model.generator=gru")
 
     def score(forward):
         monkeypatch.setattr(lfads, "forward", forward)
-        nll, _ = lfads_trainer.make_validation(cfg)({}, jnp.asarray(sv.input), sv.target)
+        nll, _ = lfads_training.make_validation(cfg)({}, jnp.asarray(sv.input), sv.target)
         return float(np.mean(nll))
 
     truth = score(lambda p, c, x, *a, **k: _copier(p, c, x, *a)._replace(log_rates=np.log(rates)))
@@ -149,14 +151,14 @@ def test_validation_does_not_reward_copying_the_input(monkeypatch):
 
 def test_slds_validation_scores_the_a_path_at_the_withheld_entries(tmp_path, tensors_file):
     cfg = tiny_config("model.generator=slds", "model.dropout=0")
-    data, _ = lfads_trainer.prepare_run(tmp_path / "run", cfg, tensors_file, resume=False)
-    params = lfads_trainer.init_state(cfg, data, lfads_trainer.make_optimizer(cfg, 1))[0]
+    _, data = prepare_run(tmp_path / "run", cfg, tensors_file, resume=False)
+    params = lfads_training.init_state(cfg, data, lfads_training.make_optimizer(cfg, 1))[0]
     params["expansion"] = [  # a non-trivial E: the a path differs from the g path
         {"W": 0.5 * jnp.ones_like(layer["W"]), "b": 0.2 * jnp.ones_like(layer["b"])}
         for layer in params["expansion"]
     ]
-    sv = lfads_trainer.sample_validation(data.eval_input, cfg.train.sv_rate, cfg.train.seed)
-    nll, _ = lfads_trainer.make_validation(cfg)(params, jnp.asarray(sv.input), sv.target)
+    sv = lfads_training.sample_validation(data.eval_input, cfg.train.sv_rate, cfg.train.seed)
+    nll, _ = lfads_training.make_validation(cfg)(params, jnp.asarray(sv.input), sv.target)
     out = lfads.forward(params, cfg.model, sv.input, 0, jax.random.PRNGKey(0), False, False)
     n_in = data.n_heldin  # the model's neurons: held-in first
     la, lg = (np.asarray(r, float)[:, :, :n_in] for r in (out.log_rates_a, out.log_rates))
@@ -171,24 +173,24 @@ def test_eval_heldin_training_never_sees_validation_or_heldout_entries(tmp_path,
     weights) do not change when only their sample-validation entries, held-out neurons or
     forward bins change; they do when an entry the model may train on changes."""
     cfg = tiny_config("train.use_eval_heldin=true")
-    data, _ = lfads_trainer.prepare_run(tmp_path / "run", cfg, tensors_file, resume=False)
+    _, data = prepare_run(tmp_path / "run", cfg, tensors_file, resume=False)
     t = cfg.train
     n_train, n_eval = data.train_input.shape[0], data.eval_input.shape[0]
-    tx = lfads_trainer.make_optimizer(cfg, (n_train + n_eval) // t.batch_size)  # as train's
-    params, opt = lfads_trainer.init_state(cfg, data, tx)
-    step = lfads_trainer.make_train_step(cfg, tx, data.n_fwd)
+    tx = lfads_training.make_optimizer(cfg, (n_train + n_eval) // t.batch_size)  # as train's
+    params, opt = lfads_training.init_state(cfg, data, tx)
+    step = lfads_training.make_train_step(cfg, tx, data.n_fwd)
     idx = jnp.arange(n_train, n_train + n_eval)  # a batch of eval trials only
 
     def after_one_step(d):
-        sv = lfads_trainer.sample_validation(d.eval_input, t.sv_rate, t.seed)
-        inputs, targets = lfads_trainer.training_arrays(d, sv, t)
+        sv = lfads_training.sample_validation(d.eval_input, t.sv_rate, t.seed)
+        inputs, targets = lfads_training.training_arrays(d, sv, t)
         assert inputs.shape[0] == n_train + n_eval
         new, _, terms, ok = step(params, opt, inputs, targets, idx, 0, 1.0, 1.0, 1.0)
         assert bool(ok)
         return [np.asarray(leaf) for leaf in jax.tree.leaves(new)]
 
     base = after_one_step(data)
-    mask = lfads_trainer.sample_validation(data.eval_input, t.sv_rate, t.seed).mask
+    mask = lfads_training.sample_validation(data.eval_input, t.sv_rate, t.seed).mask
     assert mask.any() and (~mask).any()
     hidden = dataclasses.replace(
         data,
@@ -199,7 +201,7 @@ def test_eval_heldin_training_never_sees_validation_or_heldout_entries(tmp_path,
         np.testing.assert_array_equal(a, b)
     seen = dataclasses.replace(data, eval_input=np.where(mask, data.eval_input, 7.0))
     assert any(not np.array_equal(a, b) for a, b in zip(base, after_one_step(seen), strict=True))
-    summary = lfads_trainer.train(
+    summary = lfads_training.train(
         dataclasses.replace(cfg, train=dataclasses.replace(t, max_epochs=1)),
         tmp_path / "run",
         data,
@@ -209,8 +211,8 @@ def test_eval_heldin_training_never_sees_validation_or_heldout_entries(tmp_path,
 
 
 def _params_of(run, cfg, data, folder="checkpoints"):
-    tx = lfads_trainer.make_optimizer(cfg, 1)
-    target = lfads_trainer.init_state(cfg, data, tx)
+    tx = lfads_training.make_optimizer(cfg, 1)
+    target = lfads_training.init_state(cfg, data, tx)
     return Checkpoints(run / folder).restore(target)[0]
 
 
@@ -219,12 +221,12 @@ def test_kill_and_resume_reproduces_the_uninterrupted_weights(
     tmp_path, tensors_file, monkeypatch, checkpoint_every
 ):
     cfg = tiny_config("train.max_epochs=5", f"train.checkpoint_every={checkpoint_every}")
-    data, _ = lfads_trainer.prepare_run(tmp_path / "full", cfg, tensors_file, resume=False)
-    lfads_trainer.train(cfg, tmp_path / "full", data, progress=False)
+    _, data = prepare_run(tmp_path / "full", cfg, tensors_file, resume=False)
+    lfads_training.train(cfg, RunFolder(tmp_path / "full").train_files, data, progress=False)
 
     killed = tmp_path / "killed"
-    lfads_trainer.prepare_run(killed, cfg, tensors_file, resume=False)
-    real = lfads_trainer.make_validation
+    prepare_run(killed, cfg, tensors_file, resume=False)
+    real = lfads_training.make_validation
 
     def dies_at_epoch_4(*args):
         fn, calls = real(*args), []
@@ -237,15 +239,15 @@ def test_kill_and_resume_reproduces_the_uninterrupted_weights(
 
         return val
 
-    monkeypatch.setattr(lfads_trainer, "make_validation", dies_at_epoch_4)
+    monkeypatch.setattr(lfads_training, "make_validation", dies_at_epoch_4)
     with pytest.raises(KeyboardInterrupt):
-        lfads_trainer.train(cfg, killed, data, progress=False)
+        lfads_training.train(cfg, RunFolder(killed).train_files, data, progress=False)
     first = None if checkpoint_every > 3 else checkpoint_every
     assert Checkpoints(killed / "checkpoints").latest_step() == first
     assert len(_log(killed)) == 3  # epochs 1-3 logged, later redone
-    monkeypatch.setattr(lfads_trainer, "make_validation", real)
-    data2, _ = lfads_trainer.prepare_run(killed, cfg, tensors_file, resume=True)
-    lfads_trainer.train(cfg, killed, data2, resume=True, progress=False)
+    monkeypatch.setattr(lfads_training, "make_validation", real)
+    _, data2 = prepare_run(killed, cfg, tensors_file, resume=True)
+    lfads_training.train(cfg, RunFolder(killed).train_files, data2, resume=True, progress=False)
 
     for folder in ("checkpoints", "best"):
         a = (
@@ -254,8 +256,8 @@ def test_kill_and_resume_reproduces_the_uninterrupted_weights(
             else None
         )
         if a is None:
-            a = jax.tree.leaves(lfads_trainer.load_params(tmp_path / "full", cfg, data))
-            b = jax.tree.leaves(lfads_trainer.load_params(killed, cfg, data))
+            a = jax.tree.leaves(RunFolder(tmp_path / "full").params())
+            b = jax.tree.leaves(RunFolder(killed).params())
         else:
             b = jax.tree.leaves(_params_of(killed, cfg, data, folder))
         assert len(a) == len(b)
@@ -274,16 +276,16 @@ def test_resume_falls_back_from_a_damaged_latest_checkpoint(tmp_path, tensors_fi
     weights the undamaged step 5 held (training is deterministic per epoch)."""
     cfg = tiny_config("train.max_epochs=5")
     run = tmp_path / "run"
-    data, _ = lfads_trainer.prepare_run(run, cfg, tensors_file, resume=False)
-    lfads_trainer.train(cfg, run, data, progress=False)
+    _, data = prepare_run(run, cfg, tensors_file, resume=False)
+    lfads_training.train(cfg, RunFolder(run).train_files, data, progress=False)
     assert Checkpoints(run / "checkpoints").all_steps() == [4, 5]
     whole = jax.tree.leaves(_params_of(run, cfg, data))
     step5 = run / "checkpoints" / "5"
     for path in (p for p in (step5 / "state").rglob("*") if p.is_file() and p.parent.name == "d"):
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    data2, _ = lfads_trainer.prepare_run(run, cfg, tensors_file, resume=True)
+    _, data2 = prepare_run(run, cfg, tensors_file, resume=True)
     with pytest.warns(UserWarning, match=r"cannot read the arrays of .*checkpoints/5"):
-        lfads_trainer.train(cfg, run, data2, resume=True, progress=False)
+        lfads_training.train(cfg, RunFolder(run).train_files, data2, resume=True, progress=False)
     assert Checkpoints(run / "checkpoints").all_steps() == [4, 5]
     redone = jax.tree.leaves(_params_of(run, cfg, data))
     for x, y in zip(whole, redone, strict=True):
@@ -296,14 +298,16 @@ def test_nan_steps_are_skipped_and_never_reach_the_weights(tmp_path, tensors_fil
     cfg = tiny_config(
         "train.max_epochs=4", "train.max_bad_steps=3", "train.cd_rate=0", "model.dropout=0"
     )
-    data, _ = lfads_trainer.prepare_run(tmp_path / "run", cfg, tensors_file, resume=False)
+    _, data = prepare_run(tmp_path / "run", cfg, tensors_file, resume=False)
     poisoned = np.array(data.train_input)
     poisoned[3, 2, 1] = np.nan  # one trial: the batch holding it gives a NaN loss
     data = dataclasses.replace(data, train_input=poisoned)
-    summary = lfads_trainer.train(cfg, tmp_path / "run", data, progress=False)
+    summary = lfads_training.train(
+        cfg, RunFolder(tmp_path / "run").train_files, data, progress=False
+    )
     assert summary["skipped_steps"] == 4  # once per epoch (2 batches per epoch)
     assert summary["rollbacks"] == 0
-    params = lfads_trainer.load_params(tmp_path / "run", cfg, data)
+    params = RunFolder(tmp_path / "run").params()
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(params))
     rows = _log(tmp_path / "run")
     assert all(np.isfinite(float(r["total"])) for r in rows)
@@ -311,13 +315,13 @@ def test_nan_steps_are_skipped_and_never_reach_the_weights(tmp_path, tensors_fil
 
 def test_persistent_nans_roll_back_then_stop_with_finite_weights(tmp_path, tensors_file):
     cfg = tiny_config("train.max_epochs=4", "train.max_bad_steps=2", "train.max_rollbacks=2")
-    data, _ = lfads_trainer.prepare_run(tmp_path / "run", cfg, tensors_file, resume=False)
+    _, data = prepare_run(tmp_path / "run", cfg, tensors_file, resume=False)
     data = dataclasses.replace(data, train_input=np.full_like(data.train_input, np.inf))
     with pytest.raises(FloatingPointError, match="rollbacks"):
-        lfads_trainer.train(cfg, tmp_path / "run", data, progress=False)
-    tx = lfads_trainer.make_optimizer(cfg, 1)
+        lfads_training.train(cfg, RunFolder(tmp_path / "run").train_files, data, progress=False)
+    tx = lfads_training.make_optimizer(cfg, 1)
     (params, _), meta = Checkpoints(tmp_path / "run" / "checkpoints").restore(
-        lfads_trainer.init_state(cfg, data, tx)
+        lfads_training.init_state(cfg, data, tx)
     )
     assert meta["rollbacks"] == 2 and meta["lr_scale"] == 0.25
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(params))
@@ -524,15 +528,15 @@ def test_a_data_file_changed_after_training_is_refused_by_every_later_stage(tmp_
     write_tensors(data_path, planted_tensors(), ATTRS)
     run = tmp_path / "run"
     cfg = tiny_config("train.max_epochs=2")
-    data, _ = lfads_trainer.prepare_run(run, cfg, data_path, resume=False)
-    lfads_trainer.train(cfg, run, data, progress=False)
+    _, data = prepare_run(run, cfg, data_path, resume=False)
+    lfads_training.train(cfg, RunFolder(run).train_files, data, progress=False)
     assert runner.invoke(app, ["infer", str(run), "--no-progress"]).exit_code == 0
     before = sorted(p.name for p in run.iterdir())
     info = json.loads((run / "data.json").read_text())["provenance"]
     assert info["tensors_sha256"] == hashlib.sha256(data_path.read_bytes()).hexdigest()
     assert info["input"]["path"] == str(data_path.resolve()) and info["bin_ms"] == 20
     assert info["shapes"]["train_spikes_heldin"] == [16, 8, 6]
-    lfads_trainer.load_run_data(run)  # unchanged: accepted
+    lfads_training.load_run_data(run)  # unchanged: accepted
 
     write_tensors(data_path, planted_tensors(), {**ATTRS, "bin_ms": 10})
     for stage in (["evaluate", str(run)], ["analyze", str(run)], ["infer", str(run)]):
@@ -545,14 +549,14 @@ def test_a_data_file_changed_after_training_is_refused_by_every_later_stage(tmp_
     moved = {"inference.h5", "submission.h5"}
     assert sorted(p.name for p in run.iterdir()) == sorted(set(before) - moved)  # none written
     data_path.unlink()
-    with pytest.raises(lfads_trainer.RunFolderError, match="is gone"):
-        lfads_trainer.load_run_data(run)
+    with pytest.raises(RunFolderError, match="is gone"):
+        lfads_training.load_run_data(run)
 
 
 def test_infer_without_a_checkpoint_names_the_missing_stage(tmp_path, tensors_file):
     run = tmp_path / "run"
     cfg = tiny_config()
-    lfads_trainer.prepare_run(run, cfg, tensors_file, resume=False)  # config, no training
+    prepare_run(run, cfg, tensors_file, resume=False)  # config, no training
     result = runner.invoke(app, ["infer", str(run), "--no-progress"])
     assert result.exit_code == 1 and "no checkpoint" in result.output and "train" in result.output
     result = runner.invoke(app, ["evaluate", str(run)])
@@ -572,9 +576,9 @@ def test_mc_maze_config_builds_and_steps_at_mc_maze_shapes():
     x = rng.poisson(0.1, (b, t, n_in)).astype(np.float32)
     y = rng.poisson(0.1, (b, t + fwd, n_all)).astype(np.float32)
     data = dataset.LFADSData(x, y, x[:4], y[:4], {}, {"bin_ms": 5}, Path("random"))
-    tx = lfads_trainer.make_optimizer(cfg, 1)
-    params, opt = lfads_trainer.init_state(cfg, data, tx)
-    step = lfads_trainer.make_train_step(cfg, tx, fwd)
+    tx = lfads_training.make_optimizer(cfg, 1)
+    params, opt = lfads_training.init_state(cfg, data, tx)
+    step = lfads_training.make_train_step(cfg, tx, fwd)
     new, _, terms, ok = step(
         params, opt, jnp.asarray(x), jnp.asarray(y), jnp.arange(b), 0, 1.0, 0.0, 0.0
     )

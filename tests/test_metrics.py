@@ -14,7 +14,6 @@ from threadpoolctl import threadpool_limits
 
 from lfads_jslds import metrics
 from lfads_jslds.data import nlb
-from lfads_jslds.evaluation import smoothing_reference
 from lfads_jslds.io.h5 import load_h5_dict, save_h5_dict
 from lfads_jslds.metrics import (
     bits_per_spike,
@@ -30,6 +29,7 @@ from lfads_jslds.metrics import (
     smoothing_cv,
     velocity_r2,
 )
+from lfads_jslds.pipeline.evaluate import smoothing_reference
 from lfads_jslds.training.run_config import EvaluateConfig
 
 

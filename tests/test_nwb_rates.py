@@ -12,14 +12,14 @@ import pytest
 
 from lfads_jslds.data import synth
 from lfads_jslds.data.nwb import DataError, read_session
-from lfads_jslds.inference import nlb_name
-from lfads_jslds.io.nwb_rates import (
+from lfads_jslds.data.nwb_rates import (
     nlb_dataset_name,
     read_rates_nwb,
     write_nlb_submission,
     write_rates_nwb,
 )
 from lfads_jslds.metrics import evaluate
+from lfads_jslds.pipeline.infer import nlb_name
 
 BIN_MS, WINDOW_MS = 20, (-250, 450)
 N_TIME = (WINDOW_MS[1] - WINDOW_MS[0]) // BIN_MS

@@ -24,12 +24,12 @@ from test_safe_npz import _object_npy, _Reduce, _write_npz
 
 from lfads_jslds import config as config_lib
 from lfads_jslds.data.prepare import write_tensors
-from lfads_jslds.inference import expected_datasets
 from lfads_jslds.io import pytree_npz
+from lfads_jslds.pipeline.run import RunFolder, RunFolderError, expected_datasets
+from lfads_jslds.pipeline.train import prepare_run
 from lfads_jslds.tasks import default_config, get_task
 from lfads_jslds.tasks import model as task_model
 from lfads_jslds.tasks.weights import load_task_weights
-from lfads_jslds.training import lfads_trainer
 from lfads_jslds.training.run_config import RunConfig
 
 pytestmark = pytest.mark.usefixtures("compile_cache")
@@ -128,7 +128,7 @@ def untrained_run(tmp_path_factory, tensors_file):
     """A run folder as ``train`` leaves it before its first epoch: config and data, no weights."""
     run = tmp_path_factory.mktemp("untrained") / "run"
     cfg = config_lib.resolve(RunConfig(), None, TINY)
-    lfads_trainer.prepare_run(run, cfg, tensors_file, resume=False)
+    prepare_run(run, cfg, tensors_file, resume=False)
     return run
 
 
@@ -382,7 +382,7 @@ def test_out_as_a_symlink_to_an_empty_folder_is_used_as_that_folder(tmp_path, te
     folder.mkdir()
     out.symlink_to(folder)
     cfg = config_lib.resolve(RunConfig(), None, TINY)
-    lfads_trainer.prepare_run(out, cfg, tensors_file, resume=False)
+    prepare_run(out, cfg, tensors_file, resume=False)
     assert (
         out.is_symlink() and (folder / "config.yaml").exists() and (folder / "data.json").exists()
     )
@@ -412,9 +412,9 @@ def test_a_message_with_line_breaks_is_printed_on_one_line(tmp_path, monkeypatch
     """Libraries (orbax, h5py) may put line breaks in what the project's errors quote."""
 
     def refuse(run):
-        raise lfads_trainer.RunFolderError(f"{run}/best/2: cannot read\n  the arrays\n(detail)")
+        raise RunFolderError(f"{run}/best/2: cannot read\n  the arrays\n(detail)")
 
-    monkeypatch.setattr(lfads_trainer, "load_config", refuse)
+    monkeypatch.setattr(RunFolder, "open", classmethod(lambda cls, run: refuse(run)))
     err = assert_refused(invoke("evaluate", tmp_path), f"{tmp_path}/best/2: cannot read the arrays")
     assert err == f"error: {tmp_path}/best/2: cannot read the arrays (detail)\n"
 

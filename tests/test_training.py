@@ -12,7 +12,7 @@ from lfads_jslds.io import pytree_npz
 from lfads_jslds.tasks import default_config, get_task
 from lfads_jslds.tasks import model as task_model
 from lfads_jslds.tasks.spec import LossWeights
-from lfads_jslds.training import task_trainer
+from lfads_jslds.training import tasks as task_trainer
 
 SMALL = ["model.n_hidden=24", "optim.batch_size=32", "optim.eval_trials=32", "optim.log_every=5"]
 

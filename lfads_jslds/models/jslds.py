@@ -139,6 +139,11 @@ def approx_loss(traj: Trajectory) -> jax.Array:
     return jnp.mean((traj.h - traj.a) ** 2)
 
 
+def relative_error(a: jax.Array, h: jax.Array) -> jax.Array:
+    """``‖a_t − h_t‖ / ‖h_t‖`` per point: ``a``, ``h`` ``[..., state]`` → ``[...]``."""
+    return jnp.linalg.norm(a - h, axis=-1) / jnp.linalg.norm(h, axis=-1)
+
+
 def mean_relative_error(traj: Trajectory) -> jax.Array:
     """The paper's quality measure: mean over trials and time of ``‖a_t − h_t‖ / ‖h_t‖``."""
-    return jnp.mean(jnp.linalg.norm(traj.a - traj.h, axis=-1) / jnp.linalg.norm(traj.h, axis=-1))
+    return jnp.mean(relative_error(traj.a, traj.h))

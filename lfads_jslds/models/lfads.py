@@ -480,13 +480,6 @@ def total_loss(
     return total
 
 
-def relative_error(out: TrialOutput) -> jax.Array:
-    """``‖a_t − g_t‖ / ‖g_t‖`` per trial and bin, ``[trial, T]``."""
-    return jnp.linalg.norm(out.jslds_states - out.gen_states, axis=-1) / jnp.linalg.norm(
-        out.gen_states, axis=-1
-    )
-
-
 # --------------------------------------------------------------------------- flax module
 
 

@@ -11,7 +11,6 @@ step; rewritten atomically), ``log.csv`` (step and unweighted loss terms),
 from __future__ import annotations
 
 import csv
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from lfads_jslds.models.cells import CELLS
 from lfads_jslds.tasks import TaskTrainConfig, get_task
 from lfads_jslds.tasks import model as task_model
 from lfads_jslds.tasks.spec import OptimConfig
+from lfads_jslds.training.loop import RunFolderError, all_finite, check_out_folder, trim_log
 
 CONFIG, CHECKPOINT, LOG, PARAMS, METRICS = (
     "config.yaml",
@@ -39,22 +39,6 @@ CONFIG, CHECKPOINT, LOG, PARAMS, METRICS = (
     "params.npz",
     "metrics.json",
 )
-
-
-class RunFolderError(RuntimeError):
-    """A run folder that cannot be used as asked (exists without --resume, no checkpoint)."""
-
-
-def check_out_folder(run: Path) -> None:
-    """Refuse an ``--out`` that cannot hold a run: a file, or a symlink to nothing (making
-    the folder would fail on it). A symlink to a folder is used as that folder."""
-    if run.is_symlink() and not run.exists():
-        raise RunFolderError(
-            f"--out {run} is a symlink to {os.readlink(run)}, which does not exist; create "
-            "that folder, or choose another --out"
-        )
-    if run.exists() and not run.is_dir():
-        raise RunFolderError(f"run folder {run} exists and is not a folder")
 
 
 def make_optimizer(optim: OptimConfig) -> optax.GradientTransformation:
@@ -92,13 +76,6 @@ def make_train_step(cfg: TaskTrainConfig, tx: optax.GradientTransformation) -> A
         return keep(new_params, params), keep(new_opt, opt_state), dict(terms, total=total), ok
 
     return step_fn
-
-
-def all_finite(*trees: Any) -> jax.Array:
-    """True when every entry of every leaf is finite; traceable (the guarded update's test:
-    an update can turn finite params non-finite even when loss and gradients are finite)."""
-    leaves = [x for tree in trees for x in jax.tree_util.tree_leaves(tree)]
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 def seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:
@@ -183,21 +160,6 @@ def prepare_run_folder(run: Path, cfg: TaskTrainConfig, resume: bool) -> None:
         )
     run.mkdir(parents=True, exist_ok=True)
     atomic.write_text(run / CONFIG, config_lib.dump_yaml(cfg))
-
-
-def trim_log(path: Path, last_step: int) -> None:
-    """Drop CSV log rows (first column: step or epoch) after the checkpoint a resume starts from."""
-    if not path.exists():
-        return
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    kept = rows[:1] + [r for r in rows[1:] if int(r[0]) <= last_step]
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
-            csv.writer(f).writerows(kept)
-
-    atomic.atomic_write(path, write)
 
 
 def train(

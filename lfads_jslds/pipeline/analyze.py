@@ -34,15 +34,12 @@ import numpy as np
 
 from lfads_jslds.analysis import figures, jpca, modes
 from lfads_jslds.analysis.fixed_points import find_fixed_points
-from lfads_jslds.inference import INFERENCE, load_inference
 from lfads_jslds.io import atomic
 from lfads_jslds.io.h5 import save_h5_dict
 from lfads_jslds.models import lfads
 from lfads_jslds.models.cells import lfads_gru
-from lfads_jslds.training import lfads_trainer
-from lfads_jslds.training.task_trainer import RunFolderError
+from lfads_jslds.pipeline.run import RunFolder, RunFolderError
 
-ANALYSIS = "analysis"
 #: Distance (state units) within which two expansion points count as the same fixed point.
 DISTINCT_TOL = 0.05
 #: Initial states sampled for the numerical fixed-point finder.
@@ -129,16 +126,14 @@ def analyze_run(
     (``modes.jacobian_modes``).
     """
     modes.check_rule(rule)  # before any long work
-    run = Path(run)
-    out = run / ANALYSIS
+    run = RunFolder.open(run)
+    out = run / run.ANALYSIS
     if (out / "summary.json").exists():
         raise RunFolderError(
             f"{out / 'summary.json'} already exists; remove {out} to analyze again"
         )
-    cfg = lfads_trainer.open_run(run)
-    inf, attrs = load_inference(run)
-    data, _ = lfads_trainer.load_run_data(run)
-    params = lfads_trainer.load_params(run, cfg, data)
+    cfg, data, params = run.config, run.data, run.params()
+    inf, attrs = run.inference()
     dt = float(attrs["bin_ms"]) / 1000.0
     u_dim = cfg.model.co_dim
     cell_fn = functools.partial(lfads_gru, clip=cfg.model.cell_clip)
@@ -151,7 +146,7 @@ def analyze_run(
             inf["factors"], condition, attrs, jpca_window_ms
         )
     except ValueError as err:
-        raise RunFolderError(f"{run / INFERENCE}: {err} (--jpca-window)") from None
+        raise RunFolderError(f"{run / run.INFERENCE}: {err} (--jpca-window)") from None
 
     mode = lfads.GENERATORS[cfg.model.generator]
     # the finder starts from the generating path's states (a for slds, g otherwise)

@@ -37,26 +37,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lfads_jslds.data import nlb
-from lfads_jslds.data.dataset import LFADSData
-from lfads_jslds.data.nwb import DataError, open_hdf5
-from lfads_jslds.io.h5 import read_group, save_h5_dict
-from lfads_jslds.io.nwb_rates import write_nlb_submission, write_rates_nwb
+from lfads_jslds.data.nwb import DataError
+from lfads_jslds.data.nwb_rates import write_nlb_submission, write_rates_nwb
+from lfads_jslds.io.h5 import save_h5_dict
 from lfads_jslds.models import lfads
-from lfads_jslds.models.cells import lfads_gru
-from lfads_jslds.training import lfads_trainer
+from lfads_jslds.pipeline.run import RunFolder, RunFolderError, rate_keys
 from lfads_jslds.training.run_config import RunConfig
-from lfads_jslds.training.task_trainer import RunFolderError
-
-INFERENCE, SUBMISSION, RATES_NWB = "inference.h5", "submission.h5", "rates.nwb"
-
-
-def rate_keys(mode: lfads.GeneratorMode) -> dict[str, lfads.PathName]:
-    """``inference.h5`` rate keys and the path each holds: ``rates`` the generating path's,
-    ``rates_<name>`` the other path's (``rates_jslds``, ``rates_rnn``)."""
-    keys: dict[str, lfads.PathName] = {"rates": mode.path}
-    if mode.secondary is not None:
-        keys[f"rates_{lfads.PATHS[mode.secondary].name}"] = mode.secondary
-    return keys
 
 
 def make_batch_fn(cfg: RunConfig, n_fwd: int) -> Any:
@@ -90,14 +76,12 @@ def make_batch_fn(cfg: RunConfig, n_fwd: int) -> Any:
             "inferred_inputs": mean.co_mean[:, :t_obs],
             "g0": mean.g0,
         }
-        if mode.has_jslds:
-            cell = lambda h: lfads_gru(params["gen"], h, jnp.zeros(model.co_dim), model.cell_clip)  # noqa: E731
+        if mode.has_jslds:  # the forward pass's F(e*_t, 0): u* = 0
             e_star = mean.expansion_points[:, :t_obs]
-            f_star = jax.vmap(jax.vmap(cell))(e_star)
             out.update(
                 jslds_states=mean.jslds_states[:, :t_obs],
                 expansion_points=e_star,
-                fixed_point_residual=jnp.linalg.norm(f_star - e_star, axis=-1),
+                fixed_point_residual=jnp.linalg.norm(mean.f_star[:, :t_obs] - e_star, axis=-1),
             )
         return out
 
@@ -189,43 +173,40 @@ def infer_run(run: Path, progress: bool = True, write_nwb: bool = True) -> dict[
     rest absent; a re-run writes only the absent ones (from ``inference.h5`` when it
     exists). Nothing is overwritten: with every output present, it refuses.
     """
-    run = Path(run)
-    cfg = lfads_trainer.open_run(run)
-    data, source = lfads_trainer.load_run_data(run)
-    nwb = write_nwb and source is not None and Path(source).exists()
-    outputs = (INFERENCE, SUBMISSION, *([RATES_NWB] if nwb else []))
+    run = RunFolder.open(run)
+    data, source = run.data, run.source
+    nwb = write_nwb and source is not None and source.exists()
+    outputs = (run.INFERENCE, run.SUBMISSION, *([run.RATES_NWB] if nwb else []))
     if all((run / name).exists() for name in outputs):
         raise RunFolderError(
             f"{run / outputs[-1]} already exists, as do the other outputs of infer; remove "
             "them to infer again (nothing overwritten)"
         )
-    if (run / INFERENCE).exists():  # a killed infer: complete the rest from it
-        result, attrs = load_inference(run)
+    if (run / run.INFERENCE).exists():  # a killed infer: complete the rest from it
+        result, attrs = run.inference()
         written = {}
     else:
-        result, attrs = _infer_arrays(run, cfg, data, progress)
-        save_h5_dict(run / INFERENCE, result, attrs)
-        written = {"inference": run / INFERENCE}
-    if not (run / SUBMISSION).exists():
+        result, attrs = _infer_arrays(run, progress)
+        save_h5_dict(run / run.INFERENCE, result, attrs)
+        written = {"inference": run / run.INFERENCE}
+    if not (run / run.SUBMISSION).exists():
         write_nlb_submission(
-            run / SUBMISSION,
+            run / run.SUBMISSION,
             nlb_name(data.attrs.get("dataset") or source, data.bin_ms),  # by file or source
             submission_from_inference(result),
         )
-        written["submission"] = run / SUBMISSION
-    if nwb and not (run / RATES_NWB).exists():
-        written["nwb"] = _rates_into_nwb(run, Path(source), result, attrs)
+        written["submission"] = run / run.SUBMISSION
+    if nwb and not (run / run.RATES_NWB).exists():
+        written["nwb"] = _rates_into_nwb(run, source, result, attrs)
     elif write_nwb and not nwb:
         why = "the tensors name no source NWB" if source is None else f"{source} is missing"
         warnings.warn(f"no rates.nwb written: {why}", stacklevel=2)
     return written
 
 
-def _infer_arrays(
-    run: Path, cfg: RunConfig, data: LFADSData, progress: bool
-) -> tuple[dict[str, Any], dict[str, Any]]:
+def _infer_arrays(run: RunFolder, progress: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     """(arrays, attrs) of ``inference.h5``: posterior-averaged outputs of every trial."""
-    params = lfads_trainer.load_params(run, cfg, data)
+    cfg, data, params = run.config, run.data, run.params()
     x = np.concatenate([data.train_input, data.eval_input])
     eval_label = "test" if data.attrs.get("phase") == "test" else "val"
     split = np.array(
@@ -269,14 +250,14 @@ def _infer_arrays(
     return result, attrs
 
 
-def _rates_into_nwb(run: Path, source: Path, result: dict[str, Any], attrs: dict) -> Path:
+def _rates_into_nwb(run: RunFolder, source: Path, result: dict[str, Any], attrs: dict) -> Path:
     from lfads_jslds.data.nwb import read_session
 
     trials = read_session(source).trials
     align = dict(zip(trials["id"].tolist(), trials[attrs["align_field"]].tolist(), strict=True))
     write_rates_nwb(
         source,
-        run / RATES_NWB,
+        run / run.RATES_NWB,
         result["rates"],
         result["trial_ids"],
         result["unit_ids"],
@@ -288,42 +269,4 @@ def _rates_into_nwb(run: Path, source: Path, result: dict[str, Any], attrs: dict
         f"{attrs['samples']} posterior samples (0: posterior means)",
         extra={"factors": result["factors"]},
     )
-    return run / RATES_NWB
-
-
-#: Attributes of every ``inference.h5`` (later stages read them).
-ATTRS = ("bin_ms", "align_field", "window_ms", "generator", "generating_path", "samples")
-
-
-def expected_datasets(generator: str) -> tuple[str, ...]:
-    """The datasets ``infer_run`` writes for ``generator``, the forward-window rates aside
-    (``rates_forward`` etc. exist only when the data has forward bins)."""
-    mode = lfads.GENERATORS[generator]
-    jslds = ("jslds_states", "expansion_points", "fixed_point_residual") if mode.has_jslds else ()
-    ids = ("trial_ids", "split", "unit_ids", "heldout")
-    return (*ids, *rate_keys(mode), "factors", "gen_states", "inferred_inputs", "g0", *jslds)
-
-
-def load_inference(run: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(arrays, attrs) of a run's ``inference.h5``, or a message naming the missing stage.
-
-    A file lacking a dataset or attribute ``infer`` writes is refused here, naming what is
-    missing, rather than failing later on a bare key."""
-    path = Path(run) / INFERENCE
-    if not path.exists():
-        raise RunFolderError(f"{run} has no {INFERENCE}: run `lfads-jslds infer {run}` first")
-    with open_hdf5(path, "an inference file") as f:
-        arrays, attrs = read_group(f), dict(f.attrs)
-    generator = attrs.get("generator")
-    lacking = [f"attribute {a}" for a in ATTRS if a not in attrs]
-    if generator in lfads.GENERATORS:
-        lacking += [f"dataset {k}" for k in expected_datasets(generator) if k not in arrays]
-    elif generator is not None:
-        lacking.append(f"known generator (attribute generator = {generator!r})")
-    if lacking:
-        raise RunFolderError(
-            f"{path}: not as `infer` writes it: no {', no '.join(lacking)}; remove it and run "
-            f"`lfads-jslds infer {run}` again"
-        )
-    arrays["split"] = np.asarray(arrays["split"]).astype(str)
-    return arrays, attrs
+    return run / run.RATES_NWB

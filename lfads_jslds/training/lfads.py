@@ -24,28 +24,23 @@ trials also join the training batches, with the same sample-validation entries w
 from the encoder and NaN in the target, so validation stays honest.
 
 The eval trials' held-out neurons and forward bins (``data.eval_target``) are read by
-nothing in this module: they serve only the final score (``evaluation``).
+nothing in this module: they serve only the final score (``pipeline.evaluate``).
 
-Run folder: ``config.yaml``, ``data.json`` (where the tensors are, and their provenance:
-path, sha256, shapes and bin width of the data file and of the tensors, checked by every
-later stage), ``data.h5`` (when
-DATA was an NWB file), ``checkpoints/`` (latest), ``best/`` (early-stopping weights),
-``log.csv`` (one row per epoch), ``train.json`` (summary).
+Files (``TrainFiles``; the run folder names them): the latest checkpoints, the
+early-stopping weights and a CSV log with one row per epoch.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
 import math
 import shutil
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -53,30 +48,20 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from lfads_jslds import config as config_lib
-from lfads_jslds.data import dataset
 from lfads_jslds.data.dataset import LFADSData
-from lfads_jslds.io import atomic
 from lfads_jslds.models import lfads
+from lfads_jslds.models.jslds import relative_error
 from lfads_jslds.training.checkpoints import Checkpoints, DamagedCheckpoint
-from lfads_jslds.training.run_config import RunConfig, TrainConfig, validate
-from lfads_jslds.training.task_trainer import (
-    RunFolderError,
-    all_finite,
-    check_out_folder,
-    trim_log,
-)
+from lfads_jslds.training.loop import RunFolderError, all_finite, trim_log
+from lfads_jslds.training.run_config import RunConfig, TrainConfig
 
-CONFIG, DATA_INFO, DATA_FILE, LOG, SUMMARY = (
-    "config.yaml",
-    "data.json",
-    "data.h5",
-    "log.csv",
-    "train.json",
-)
-#: Config sections a resumed run may change (more epochs, other inference settings).
-RESUMABLE_CHANGES = ("infer", "evaluate")
-RESUMABLE_TRAIN_FIELDS = ("max_epochs", "patience", "checkpoint_every")
+
+class TrainFiles(NamedTuple):
+    """Where ``train`` writes (``pipeline.run.RunFolder.train_files`` names them)."""
+
+    checkpoints: Path  # the latest two, for resume
+    best: Path  # the early-stopping weights
+    log: Path  # CSV, one row per epoch
 
 
 def seed_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -212,7 +197,7 @@ def make_validation(cfg: RunConfig) -> Callable[..., Any]:
         log_rates = lfads.generating_path(out, cfg.model).log_rates[:, :, : x.shape[2]]  # held-in
         nll = lfads.poisson_nll(log_rates, target, 1.0)
         if lfads.GENERATORS[cfg.model.generator].has_jslds:
-            rel = jnp.mean(lfads.relative_error(out), axis=1)
+            rel = jnp.mean(relative_error(out.jslds_states, out.gen_states), axis=1)
         else:
             rel = jnp.zeros(x.shape[0])
         return nll, rel
@@ -233,167 +218,6 @@ class Progress:
     best: float | None = None
     best_epoch: int = -1
     since_best: int = 0
-
-
-def prepare_run(
-    run: Path, cfg: RunConfig, data_path: Path, resume: bool
-) -> tuple[LFADSData, Path | None]:
-    """Check the run folder and the data, then (new run) write config and data files.
-
-    Returns the data and the source NWB (for ground truth), or None. Nothing is written
-    before every check has passed.
-    """
-    validate(cfg)
-    run = Path(run)
-    check_out_folder(run)
-    if resume:
-        # A run killed before its first checkpoint has config.yaml and data.json: it restarts
-        # from epoch 0 (train drops the log rows it had written).
-        if not (run / CONFIG).exists() or not (run / DATA_INFO).exists():
-            raise RunFolderError(f"{run} has no checkpoint; nothing to resume")
-        saved = open_run(run)
-        if cfg.data.bin_ms is None:  # not given: the width this run's train resolved
-            cfg = replace(cfg, data=replace(cfg.data, bin_ms=saved.data.bin_ms))
-        a, b = config_lib.to_dict(saved), config_lib.to_dict(cfg)
-        for d in (a, b):
-            for section in RESUMABLE_CHANGES:
-                d.pop(section)
-            for name in RESUMABLE_TRAIN_FIELDS:
-                d["train"].pop(name)
-        if a != b:
-            diff = [f"{s}.{k}" for s in a for k in a[s] if a[s][k] != b[s].get(k)]
-            raise RunFolderError(
-                f"{run}/{CONFIG} differs from the requested config in {', '.join(diff)}; "
-                "resume with the saved config (only train.max_epochs, train.patience, "
-                "train.checkpoint_every, infer.* and evaluate.* may change)"
-            )
-        return load_run_data(run)
-    if run.exists() and any(run.iterdir()):
-        raise RunFolderError(
-            f"run folder {run} already exists; pass --resume to continue it, or choose a new --out"
-        )
-    data_path = Path(data_path)
-    if not data_path.exists():
-        raise dataset.DataError(f"data file {data_path} does not exist")
-    nwb = dataset.is_nwb(data_path)
-    if nwb:  # check the session before creating anything
-        from lfads_jslds.data.nwb import read_session
-
-        read_session(data_path, behavior=["hand_vel"])
-    created = not run.exists()  # a user's own empty folder (or a symlink to one) stays
-    run.mkdir(parents=True, exist_ok=True)
-    try:
-        if nwb:
-            tensors_path = run / DATA_FILE
-            d = cfg.data
-            tensors, attrs = dataset.tensors_from_nwb(
-                data_path,
-                tensors_path,
-                d.bin_ms,
-                d.lag_ms,
-                val_fraction=d.val_fraction,
-                heldout_fraction=d.heldout_fraction,
-                heldout_units=d.heldout_units,
-                split_seed=d.split_seed,
-            )
-            data = dataset.from_tensors(tensors_path, tensors, attrs)
-        else:
-            tensors_path = data_path.resolve()
-            data = dataset.load(tensors_path, cfg.data.bin_ms)
-            split = ("val_fraction", "heldout_fraction", "heldout_units")
-            given = [f"data.{k}" for k in split if getattr(cfg.data, k) is not None]
-            if given:
-                warnings.warn(
-                    f"{data_path}: a tensor file comes split; {', '.join(given)} not used",
-                    stacklevel=2,
-                )
-        check_batch(data, cfg)
-    except Exception:
-        (run / DATA_FILE).unlink(missing_ok=True)  # nothing half-written stays behind
-        if created and not any(run.iterdir()):
-            run.rmdir()
-        raise
-    source = data.attrs.get("source")  # the NWB the tensors were cut from, if recorded
-    # the run's own data.h5 is named relative to the run, so the folder can move
-    info = {"tensors": DATA_FILE if nwb else str(tensors_path), "source": source}
-    info["ids_positional"] = data.attrs.get("ids_positional", [])  # ids the file lacked
-    input_sha256 = sha256(data_path)
-    info["provenance"] = {
-        "input": {"path": str(data_path.resolve()), "sha256": input_sha256},
-        "tensors_sha256": sha256(tensors_path) if nwb else input_sha256,  # else the same file
-        "shapes": {k: list(v.shape) for k, v in data.tensors.items() if hasattr(v, "shape")},
-        "bin_ms": data.bin_ms,
-    }
-    atomic.write_text(run / DATA_INFO, json.dumps(info, indent=2))
-    cfg = replace(cfg, data=replace(cfg.data, bin_ms=data.bin_ms))  # as resolved: later stages
-    atomic.write_text(run / CONFIG, config_lib.dump_yaml(cfg))
-    return data, Path(source) if source else None
-
-
-def check_batch(data: LFADSData, cfg: RunConfig) -> None:
-    n = data.train_input.shape[0]
-    if n < cfg.train.batch_size:
-        raise config_lib.ConfigError(
-            f"{data.path}: {n} train trials are fewer than one batch (train.batch_size = "
-            f"{cfg.train.batch_size}); lower train.batch_size"
-        )
-
-
-def sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB blocks (memory stays flat)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def load_run_data(run: Path) -> tuple[LFADSData, Path | None]:
-    """The data a run was trained on (from ``data.json``), refused if the file has changed.
-
-    The tensors file's sha256 must match the one ``train`` recorded: a file swapped or
-    rewritten since (another bin width, other trials) would silently feed a model trained on
-    something else. Run folders from before provenance was recorded are read unchecked.
-    """
-    info_path = Path(run) / DATA_INFO
-    if not info_path.exists():
-        raise RunFolderError(f"{run} has no {DATA_INFO}: not a run folder made by `train`")
-    info = json.loads(info_path.read_text())
-    tensors = Path(info["tensors"])  # relative: inside the run folder, which may have moved
-    tensors = tensors if tensors.is_absolute() else Path(run) / tensors
-    recorded = info.get("provenance", {}).get("tensors_sha256")
-    if recorded is not None:
-        if not tensors.exists():
-            raise RunFolderError(
-                f"{tensors}: the data file this run was trained on is gone ({info_path}); "
-                "put it back, or retrain"
-            )
-        if sha256(tensors) != recorded:
-            raise RunFolderError(
-                f"{tensors} changed since this run was trained (sha256 differs from "
-                f"{info_path}); restore the original file, or train a new run on this one"
-            )
-    bin_ms = load_config(run).data.bin_ms  # as train resolved it (tensor files may lack it)
-    data = dataset.load(tensors, bin_ms)
-    return data, Path(info["source"]) if info.get("source") else None
-
-
-def load_config(run: Path) -> RunConfig:
-    path = Path(run) / CONFIG
-    if not path.exists():
-        raise RunFolderError(f"{run} has no {CONFIG}: not a run folder made by `train`")
-    return config_lib.update(RunConfig(), config_lib.load_yaml(path), str(path))
-
-
-def open_run(run: Path) -> RunConfig:
-    """A stage starting on ``run``: its config, after removing the temp files a killed
-    stage left there (named in a warning)."""
-    cfg = load_config(run)
-    orphans = atomic.remove_orphans(run)
-    if orphans:
-        names = ", ".join(str(p.relative_to(run)) for p in orphans)
-        warnings.warn(f"{run}: removed temporary files a killed run left: {names}", stacklevel=2)
-    return cfg
 
 
 def restore_newest_intact(latest: Checkpoints, target: Any) -> tuple[Any, dict[str, Any]]:
@@ -449,13 +273,12 @@ COLUMNS = (
 
 def train(
     cfg: RunConfig,
-    run: Path,
+    files: TrainFiles,
     data: LFADSData,
     resume: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train into ``run`` (prepared by ``prepare_run``); returns the summary in ``train.json``."""
-    run = Path(run)
+    """Train, checkpointing into ``files``; returns the summary (``train.json``)."""
     t = cfg.train
     sv = sample_validation(data.eval_input, t.sv_rate, t.seed)
     train_in, train_tgt = training_arrays(data, sv, t)
@@ -463,16 +286,16 @@ def train(
     steps_per_epoch = n_train // t.batch_size
     tx = make_optimizer(cfg, steps_per_epoch)
     params, opt_state = init_state(cfg, data, tx)
-    latest, best_ckpt = Checkpoints(run / "checkpoints", keep=2), Checkpoints(run / "best", keep=1)
+    latest, best_ckpt = Checkpoints(files.checkpoints, keep=2), Checkpoints(files.best, keep=1)
     prog = Progress()
     if resume:
         if latest.latest_step() is not None:  # else killed before the first: start afresh
             (params, opt_state), meta = restore_newest_intact(latest, (params, opt_state))
             prog = Progress(**meta)
-            _drop_later_steps(run / "checkpoints", prog.epoch)  # damaged: redone identically
-        trim_log(run / LOG, prog.epoch)
-        _drop_later_steps(run / "best", prog.epoch)  # redone identically from here on
-        best_ckpt = Checkpoints(run / "best", keep=1)
+            _drop_later_steps(files.checkpoints, prog.epoch)  # damaged: redone identically
+        trim_log(files.log, prog.epoch)
+        _drop_later_steps(files.best, prog.epoch)  # redone identically from here on
+        best_ckpt = Checkpoints(files.best, keep=1)
     step_fn = make_train_step(cfg, tx, data.n_fwd)
     val_fn = make_validation(cfg)
     inputs, targets = jnp.asarray(train_in), jnp.asarray(train_tgt)
@@ -482,7 +305,7 @@ def train(
     good = (params, opt_state)
     bad_in_a_row = 0
     t0 = time.perf_counter()
-    log_path = run / LOG
+    log_path = files.log
     new_log = not log_path.exists()
     stop_reason = "max_epochs"
 
@@ -529,7 +352,7 @@ def train(
                         raise FloatingPointError(
                             f"{bad_in_a_row} non-finite steps in a row at step {prog.step} after "
                             f"{prog.rollbacks} rollbacks (lr scale {prog.lr_scale:g}); the last "
-                            f"finite weights are in {run / 'checkpoints'}. Check the data or "
+                            f"finite weights are in {files.checkpoints}. Check the data or "
                             "lower train.lr."
                         )
                     params, opt_state = good
@@ -592,18 +415,6 @@ def train(
         "stop_reason": stop_reason,
         "train_seconds": time.perf_counter() - t0,
     }
-    atomic.write_json(run / SUMMARY, summary)  # strict JSON: a NaN best becomes null
     return summary
 
 
-def load_params(run: Path, cfg: RunConfig, data: LFADSData) -> Any:
-    """The early-stopping weights of a run (the latest ones if no validation ran)."""
-    tx = make_optimizer(cfg, 1)
-    params, opt_state = init_state(cfg, data, tx)
-    best = Checkpoints(Path(run) / "best", keep=1)
-    if best.latest_step() is not None:
-        return best.restore(params)[0]
-    latest = Checkpoints(Path(run) / "checkpoints", keep=2)
-    if latest.latest_step() is None:
-        raise RunFolderError(f"{run} has no checkpoint: run `lfads-jslds train` first")
-    return latest.restore((params, opt_state))[0][0]

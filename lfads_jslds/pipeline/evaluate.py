@@ -25,14 +25,12 @@ import numpy as np
 
 from lfads_jslds import metrics
 from lfads_jslds.data import nlb
-from lfads_jslds.inference import load_inference, rate_keys, submission_from_inference
 from lfads_jslds.io import atomic
 from lfads_jslds.models import lfads
-from lfads_jslds.training import lfads_trainer
+from lfads_jslds.models.jslds import relative_error
+from lfads_jslds.pipeline.infer import submission_from_inference
+from lfads_jslds.pipeline.run import RunFolder, RunFolderError, rate_keys
 from lfads_jslds.training.run_config import EvaluateConfig
-from lfads_jslds.training.task_trainer import RunFolderError
-
-METRICS = "metrics.json"
 
 
 def pooled_r2(pred: np.ndarray, true: np.ndarray) -> float:
@@ -104,12 +102,11 @@ def smoothing_reference(
 
 def evaluate_run(run: Path) -> dict[str, Any]:
     """Score a run's inference on its eval trials; writes ``metrics.json``."""
-    run = Path(run)
-    if (run / METRICS).exists():
-        raise RunFolderError(f"{run / METRICS} already exists; remove it to evaluate again")
-    cfg = lfads_trainer.open_run(run)
-    inf, attrs = load_inference(run)
-    data, source = lfads_trainer.load_run_data(run)
+    run = RunFolder.open(run)
+    if (run / run.METRICS).exists():
+        raise RunFolderError(f"{run / run.METRICS} already exists; remove it to evaluate again")
+    cfg, data, source = run.config, run.data, run.source
+    inf, attrs = run.inference()
     tensors = data.tensors
     result = _nlb(submission_from_inference(inf), tensors)
     result["split"] = "test" if data.attrs.get("phase") == "test" else "val"
@@ -127,8 +124,7 @@ def evaluate_run(run: Path) -> dict[str, Any]:
     for label, rates in others.items():
         result[label] = _nlb(submission_from_inference({**inf, **rates}), tensors)
     if mode.has_jslds:
-        g, a = inf["gen_states"][val], inf["jslds_states"][val]
-        rel = np.linalg.norm(a - g, axis=-1) / np.linalg.norm(g, axis=-1)
+        rel = relative_error(inf["jslds_states"][val], inf["gen_states"][val])
         result["jslds"] = {
             "mean_relative_error": float(rel.mean()),
             "fixed_point_residual_median": float(np.median(inf["fixed_point_residual"][val])),
@@ -139,5 +135,5 @@ def evaluate_run(run: Path) -> dict[str, Any]:
         for label, rates in others.items():
             result[label]["rates_r2_vs_truth"] = pooled_r2(rates["rates"][val], truth["rates"][val])
         result["truth"] = _nlb(submission_from_inference({**inf, **truth}), tensors)
-    atomic.write_json(run / METRICS, result)  # strict JSON: a NaN metric becomes null
+    atomic.write_json(run / run.METRICS, result)  # strict JSON: a NaN metric becomes null
     return result
