@@ -32,13 +32,10 @@ early-stopping weights and a CSV log with one row per epoch.
 
 from __future__ import annotations
 
-import csv
 import math
-import shutil
 import time
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -51,8 +48,18 @@ from tqdm.auto import tqdm
 from lfads_jslds.data.dataset import LFADSData
 from lfads_jslds.models import lfads
 from lfads_jslds.models.jslds import relative_error
-from lfads_jslds.training.checkpoints import Checkpoints, DamagedCheckpoint
-from lfads_jslds.training.loop import RunFolderError, all_finite, trim_log
+from lfads_jslds.training import loop
+from lfads_jslds.training.checkpoints import Checkpoints
+from lfads_jslds.training.loop import (
+    CsvLog,
+    EarlyStopping,
+    NanGuard,
+    all_finite,
+    drop_later_steps,
+    guarded_update,
+    resume_from_checkpoint,
+    seed_keys,
+)
 from lfads_jslds.training.run_config import RunConfig, TrainConfig
 
 
@@ -64,12 +71,6 @@ class TrainFiles(NamedTuple):
     log: Path  # CSV, one row per epoch
 
 
-def seed_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """``(init_key, data_key, step_key)``: weights, batch order and step noise apart."""
-    k = jax.random.split(jax.random.PRNGKey(seed), 3)
-    return k[0], k[1], k[2]
-
-
 def ramp(epoch: int, start: int, length: int) -> float:
     """0 before ``start``, then linear to 1 over ``length`` epochs (1 at once if 0)."""
     if epoch < start:
@@ -78,13 +79,16 @@ def ramp(epoch: int, start: int, length: int) -> float:
 
 
 def make_optimizer(cfg: RunConfig, steps_per_epoch: int) -> optax.GradientTransformation:
+    """``loop.make_optimizer`` with AdamW and the rate decayed once per epoch."""
     t = cfg.train
-    schedule = optax.exponential_decay(
-        t.lr, transition_steps=steps_per_epoch, decay_rate=t.lr_decay, staircase=True
-    )
-    return optax.chain(
-        optax.clip_by_global_norm(t.clip_norm),
-        optax.adamw(schedule, eps=t.adam_eps, weight_decay=t.weight_decay),
+    return loop.make_optimizer(
+        t.lr,
+        t.lr_decay,
+        t.clip_norm,
+        decay_every=steps_per_epoch,
+        staircase=True,
+        eps=t.adam_eps,
+        weight_decay=t.weight_decay,
     )
 
 
@@ -157,7 +161,7 @@ def make_train_step(
     Returns ``(params, opt, terms, ok)``; ``inputs``/``targets`` are the whole train set
     on device and ``idx [batch]`` picks the batch inside the jit.
     """
-    step_key = seed_keys(cfg.train.seed)[2]
+    step_key = seed_keys(cfg.train.seed).step
 
     def loss_fn(params: Any, x: jax.Array, target: jax.Array, key: jax.Array, kl_w, l2_w):
         k_cd, k_model = jax.random.split(key)
@@ -170,15 +174,9 @@ def make_train_step(
     @jax.jit
     def step_fn(params, opt_state, inputs, targets, idx, step, lr_scale, kl_w, l2_w):
         key = jax.random.fold_in(step_key, step)
-        (total, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, inputs[idx], targets[idx], key, kl_w, l2_w
-        )
-        updates, new_opt = tx.update(grads, opt_state, params)
-        updates = jax.tree.map(lambda u: u * lr_scale, updates)
-        new_params = optax.apply_updates(params, updates)
-        ok = all_finite(total, grads, new_params, new_opt)
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)  # noqa: E731
-        return keep(new_params, params), keep(new_opt, opt_state), dict(terms, total=total), ok
+        args = inputs[idx], targets[idx], key, kl_w, l2_w
+        new = guarded_update(loss_fn, tx, params, opt_state, lr_scale, *args)
+        return new.params, new.opt_state, dict(new.aux, total=new.loss), new.ok
 
     return step_fn
 
@@ -209,48 +207,34 @@ def make_validation(cfg: RunConfig) -> Callable[..., Any]:
 class Progress:
     """What a checkpoint must carry besides weights to resume exactly."""
 
+    guard: NanGuard
+    stopping: EarlyStopping = field(default_factory=EarlyStopping)
     epoch: int = 0  # epochs completed
     step: int = 0
     lr_scale: float = 1.0
-    rollbacks: int = 0
-    skipped: int = 0
-    ema: float | None = None
-    best: float | None = None
-    best_epoch: int = -1
-    since_best: int = 0
 
+    def meta(self) -> dict[str, Any]:
+        """The checkpoint's meta: flat JSON."""
+        g = self.guard
+        counts = {"rollbacks": g.rollbacks, "skipped": g.skipped}
+        return {"epoch": self.epoch, "step": self.step, "lr_scale": self.lr_scale, **counts} | (
+            asdict(self.stopping)
+        )
 
-def restore_newest_intact(latest: Checkpoints, target: Any) -> tuple[Any, dict[str, Any]]:
-    """``latest.restore`` of the newest step that reads back whole; each damaged newer step
-    is named in a warning (training from the older one redoes it bit for bit)."""
-    steps = latest.all_steps()
-    for step in reversed(steps):
-        try:
-            restored = latest.restore(target, step)
-        except DamagedCheckpoint as e:
-            warnings.warn(f"{e}; trying the checkpoint before it", stacklevel=2)
-            continue
-        if step != steps[-1]:
-            warnings.warn(f"resuming from {latest.directory / str(step)}", stacklevel=2)
-        return restored
-    raise RunFolderError(
-        f"no intact checkpoint in {latest.directory} (steps {steps} are all damaged); "
-        "restore one from a copy, or train into a new --out"
-    )
-
-
-def _drop_later_steps(folder: Path, epoch: int) -> None:
-    """Remove step folders after ``epoch`` (saved after the checkpoint a resume starts from)."""
-    if folder.is_dir():
-        for step in folder.iterdir():
-            if step.name.isdigit() and int(step.name) > epoch:
-                shutil.rmtree(step)
+    @classmethod
+    def from_meta(cls, t: TrainConfig, meta: dict[str, Any] | None = None) -> Progress:
+        m = dict(meta or {})
+        counts = m.pop("skipped", 0), m.pop("rollbacks", 0)
+        guard = NanGuard(t.max_bad_steps, t.max_rollbacks, *counts)
+        stops = {f.name for f in fields(EarlyStopping)}
+        stopping = EarlyStopping(**{k: m.pop(k) for k in stops & m.keys()})
+        return cls(guard, stopping, **m)
 
 
 def init_state(cfg: RunConfig, data: LFADSData, tx: optax.GradientTransformation) -> tuple:
     mean_counts = np.nanmean(data.train_target[:, : data.n_obs], axis=(0, 1))
     params = lfads.init_params(
-        seed_keys(cfg.train.seed)[0], cfg.model, data.n_heldin, data.n_neurons, mean_counts
+        seed_keys(cfg.train.seed).init, cfg.model, data.n_heldin, data.n_neurons, mean_counts
     )
     return params, tx.init(params)
 
@@ -271,6 +255,134 @@ COLUMNS = (
 )
 
 
+class _Epochs(NamedTuple):
+    """What every epoch of one ``train`` call uses."""
+
+    cfg: RunConfig
+    files: TrainFiles
+    step_fn: Callable[..., Any]
+    validate: Callable[[Any], tuple[float, float]]
+    inputs: jax.Array  # [trial, T_obs, held-in], all the training batches are drawn from
+    targets: jax.Array  # [trial, T, neuron]
+    latest: Checkpoints
+    best: Checkpoints
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.inputs.shape[0] // self.cfg.train.batch_size
+
+
+def _start(
+    cfg: RunConfig, files: TrainFiles, data: LFADSData, tx: optax.GradientTransformation, resume
+) -> tuple[tuple[Any, Any], Progress]:
+    """Fresh ``(params, opt_state)`` and progress, or (``resume``) the newest intact
+    checkpoint's; what a resumed run redoes (later checkpoints, log rows) is dropped."""
+    state = init_state(cfg, data, tx)
+    prog = Progress.from_meta(cfg.train)
+    if resume:
+        restored = resume_from_checkpoint(Checkpoints(files.checkpoints, keep=2), state, files.log)
+        if restored is not None:
+            _, state, meta = restored
+            prog = Progress.from_meta(cfg.train, meta)
+        drop_later_steps(files.best, prog.epoch)
+    return state, prog
+
+
+def _validator(cfg: RunConfig, sv: SampleValidation) -> Callable[[Any], tuple[float, float]]:
+    """``params -> (nll, rel)``: ``make_validation``'s per-trial values averaged over the
+    eval trials, run in batches of ``train.batch_size``."""
+    val_fn, size = make_validation(cfg), cfg.train.batch_size
+    x, target = jnp.asarray(sv.input), jnp.asarray(sv.target)
+
+    def validate(params: Any) -> tuple[float, float]:
+        chunks = [
+            val_fn(params, x[i : i + size], target[i : i + size])
+            for i in range(0, x.shape[0], size)
+        ]
+        nll, rel = (np.concatenate([np.asarray(c[j]) for c in chunks]) for j in range(2))
+        return float(nll.mean()), float(rel.mean())
+
+    return validate
+
+
+def _train_epoch(
+    run: _Epochs, state: tuple, good: tuple, prog: Progress, weights: tuple[float, float]
+) -> tuple[tuple, tuple, dict[str, float]]:
+    """One pass over the training trials in the epoch's order; ``weights``: (KL, L2).
+
+    Returns ``(state, good, means)``: ``good`` is the state at the end of the last epoch
+    without a refused step (a rollback returns to it); ``means`` the loss terms averaged
+    over the applied steps. Raises ``FloatingPointError`` once the guard says stop, after
+    saving ``good``.
+    """
+    t, epoch = run.cfg.train, prog.epoch
+    data_key = seed_keys(t.seed).data
+    order = jax.random.permutation(jax.random.fold_in(data_key, epoch), run.inputs.shape[0])
+    sums: dict[str, float] = {}
+    n_ok = 0
+    for b in range(run.steps_per_epoch):
+        idx = order[b * t.batch_size : (b + 1) * t.batch_size]
+        *state, terms, ok = run.step_fn(
+            *state, run.inputs, run.targets, idx, prog.step, prog.lr_scale, *weights
+        )
+        prog.step += 1
+        verdict = prog.guard.after(bool(ok))
+        if verdict == "ok":
+            n_ok += 1
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        elif verdict == "roll back":
+            state = good
+            prog.lr_scale *= 0.5
+            tqdm.write(
+                f"warning: {t.max_bad_steps} non-finite steps in a row at step {prog.step}: "
+                f"rolled back to epoch {epoch} start, lr scale now {prog.lr_scale:g}"
+            )
+        elif verdict == "stop":
+            if run.latest.latest_step() != epoch:
+                run.latest.save(epoch, good, prog.meta())
+            fix = f"The lr scale is {prog.lr_scale:g}: check the data or lower train.lr."
+            raise prog.guard.stop_error(prog.step, run.files.checkpoints, fix)
+    prog.epoch += 1
+    state = tuple(state)
+    if n_ok == run.steps_per_epoch:
+        good = state
+    return state, good, {k: v / max(n_ok, 1) for k, v in sums.items()}
+
+
+def _validate(run: _Epochs, params: Any, prog: Progress, warm: bool) -> tuple[float, float]:
+    """Validate when due (``train.val_every``, and after the last epoch), update early
+    stopping and save a new best; ``(nll, rel)``, NaN when not due."""
+    t = run.cfg.train
+    if not (prog.epoch % t.val_every == 0 or prog.epoch == t.max_epochs):
+        return math.nan, math.nan
+    val = run.validate(params)
+    improved = prog.stopping.update(val[0], prog.epoch, t.smoothing, t.val_every, warm)
+    if improved and bool(all_finite(params)):
+        run.best.save(prog.epoch, params, {"epoch": prog.epoch, "ema": prog.stopping.ema})
+    return val
+
+
+def _log_row(
+    t: TrainConfig, prog: Progress, weights: tuple, means: dict, val: tuple, seconds: float
+) -> list[Any]:
+    """The epoch's ``COLUMNS``."""
+    lr = t.lr * t.lr_decay ** (prog.epoch - 1) * prog.lr_scale
+    ema = prog.stopping.ema
+    return [
+        prog.epoch,
+        prog.step,
+        lr,
+        *weights,
+        *(means.get(k, math.nan) for k in ("total", *lfads.LOSS_TERMS)),
+        val[0],
+        ema if ema is not None else math.nan,
+        val[1],
+        prog.guard.skipped,
+        seconds,
+    ]
+
+
 def train(
     cfg: RunConfig,
     files: TrainFiles,
@@ -282,113 +394,32 @@ def train(
     t = cfg.train
     sv = sample_validation(data.eval_input, t.sv_rate, t.seed)
     train_in, train_tgt = training_arrays(data, sv, t)
-    n_train = train_in.shape[0]
-    steps_per_epoch = n_train // t.batch_size
-    tx = make_optimizer(cfg, steps_per_epoch)
-    params, opt_state = init_state(cfg, data, tx)
-    latest, best_ckpt = Checkpoints(files.checkpoints, keep=2), Checkpoints(files.best, keep=1)
-    prog = Progress()
-    if resume:
-        if latest.latest_step() is not None:  # else killed before the first: start afresh
-            (params, opt_state), meta = restore_newest_intact(latest, (params, opt_state))
-            prog = Progress(**meta)
-            _drop_later_steps(files.checkpoints, prog.epoch)  # damaged: redone identically
-        trim_log(files.log, prog.epoch)
-        _drop_later_steps(files.best, prog.epoch)  # redone identically from here on
-        best_ckpt = Checkpoints(files.best, keep=1)
-    step_fn = make_train_step(cfg, tx, data.n_fwd)
-    val_fn = make_validation(cfg)
-    inputs, targets = jnp.asarray(train_in), jnp.asarray(train_tgt)
-    ev_in, ev_tgt = jnp.asarray(sv.input), jnp.asarray(sv.target)
-    data_key = seed_keys(t.seed)[1]
-    ramps_done = t.kl_start_epoch + t.kl_ramp_epochs, t.l2_start_epoch + t.l2_ramp_epochs
-    good = (params, opt_state)
-    bad_in_a_row = 0
-    t0 = time.perf_counter()
-    log_path = files.log
-    new_log = not log_path.exists()
-    stop_reason = "max_epochs"
-
-    def validate_now() -> tuple[float, float]:
-        chunks = [
-            val_fn(params, ev_in[i : i + t.batch_size], ev_tgt[i : i + t.batch_size])
-            for i in range(0, ev_in.shape[0], t.batch_size)
-        ]
-        nll, rel = (np.concatenate([np.asarray(c[j]) for c in chunks]) for j in range(2))
-        return float(nll.mean()), float(rel.mean())
-
+    tx = make_optimizer(cfg, train_in.shape[0] // t.batch_size)
+    state, prog = _start(cfg, files, data, tx, resume)
+    run = _Epochs(
+        cfg,
+        files,
+        make_train_step(cfg, tx, data.n_fwd),
+        _validator(cfg, sv),
+        jnp.asarray(train_in),
+        jnp.asarray(train_tgt),
+        Checkpoints(files.checkpoints, keep=2),
+        Checkpoints(files.best, keep=1),
+    )
+    ramps_done = max(t.kl_start_epoch + t.kl_ramp_epochs, t.l2_start_epoch + t.l2_ramp_epochs)
+    good, t0, stop_reason = state, time.perf_counter(), "max_epochs"
     with (
-        open(log_path, "a", newline="") as log_file,
+        CsvLog(files.log, COLUMNS) as log,
         tqdm(total=t.max_epochs, initial=prog.epoch, disable=not progress, desc="train") as bar,
     ):
-        writer = csv.writer(log_file)
-        if new_log:
-            writer.writerow(COLUMNS)
         while prog.epoch < t.max_epochs:
-            epoch = prog.epoch
-            kl_w = ramp(epoch, t.kl_start_epoch, t.kl_ramp_epochs)
-            l2_w = ramp(epoch, t.l2_start_epoch, t.l2_ramp_epochs)
-            order = jax.random.permutation(jax.random.fold_in(data_key, epoch), n_train)
-            sums: dict[str, float] = {}
-            n_ok = 0
-            for b in range(steps_per_epoch):
-                idx = order[b * t.batch_size : (b + 1) * t.batch_size]
-                params, opt_state, terms, ok = step_fn(
-                    params, opt_state, inputs, targets, idx, prog.step, prog.lr_scale, kl_w, l2_w
-                )
-                prog.step += 1
-                if bool(ok):
-                    bad_in_a_row = 0
-                    n_ok += 1
-                    for k, v in terms.items():
-                        sums[k] = sums.get(k, 0.0) + float(v)
-                    continue
-                prog.skipped += 1
-                bad_in_a_row += 1
-                if bad_in_a_row >= t.max_bad_steps:
-                    if prog.rollbacks >= t.max_rollbacks:
-                        if latest.latest_step() != epoch:
-                            latest.save(epoch, good, vars(prog))
-                        raise FloatingPointError(
-                            f"{bad_in_a_row} non-finite steps in a row at step {prog.step} after "
-                            f"{prog.rollbacks} rollbacks (lr scale {prog.lr_scale:g}); the last "
-                            f"finite weights are in {files.checkpoints}. Check the data or "
-                            "lower train.lr."
-                        )
-                    params, opt_state = good
-                    prog.rollbacks += 1
-                    prog.lr_scale *= 0.5
-                    bad_in_a_row = 0
-                    tqdm.write(
-                        f"warning: {t.max_bad_steps} non-finite steps in a row at step "
-                        f"{prog.step}: rolled back to epoch {epoch} start, lr scale now "
-                        f"{prog.lr_scale:g}"
-                    )
-            prog.epoch += 1
-            if n_ok == steps_per_epoch:
-                good = (params, opt_state)
-            means = {k: v / max(n_ok, 1) for k, v in sums.items()}
-            val = (math.nan, math.nan)
-            if prog.epoch % t.val_every == 0 or prog.epoch == t.max_epochs:
-                val = validate_now()
-                prog.ema = (
-                    val[0]
-                    if prog.ema is None
-                    else t.smoothing * prog.ema + (1 - t.smoothing) * val[0]
-                )
-                if epoch + 1 < max(ramps_done) or prog.best is None or prog.ema < prog.best:
-                    prog.best, prog.best_epoch, prog.since_best = prog.ema, prog.epoch, 0
-                    if bool(all_finite(params)):
-                        best_ckpt.save(prog.epoch, params, {"epoch": prog.epoch, "ema": prog.ema})
-                else:
-                    prog.since_best += t.val_every
-            lr = t.lr * t.lr_decay**epoch * prog.lr_scale
-            row = [prog.epoch, prog.step, lr, kl_w, l2_w]
-            row += [means.get(k, math.nan) for k in ("total", *lfads.LOSS_TERMS)]
-            row += [val[0], prog.ema if prog.ema is not None else math.nan, val[1]]
-            row += [prog.skipped, time.perf_counter() - t0]
-            writer.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])
-            log_file.flush()
+            weights = (
+                ramp(prog.epoch, t.kl_start_epoch, t.kl_ramp_epochs),
+                ramp(prog.epoch, t.l2_start_epoch, t.l2_ramp_epochs),
+            )
+            state, good, means = _train_epoch(run, state, good, prog, weights)
+            val = _validate(run, state[0], prog, warm=prog.epoch >= ramps_done)
+            log.row(_log_row(t, prog, weights, means, val, time.perf_counter() - t0))
             bar.set_postfix(
                 nll=f"{means.get('nll', math.nan):.4g}",
                 kl=f"{means.get('kl_ic', 0) + means.get('kl_co', 0):.3g}",
@@ -396,25 +427,22 @@ def train(
                 rel=f"{val[1]:.3f}",
             )
             bar.update(1)
-            stopping = prog.since_best >= t.patience and prog.epoch >= max(ramps_done)
+            stopping = prog.stopping.since_best >= t.patience and prog.epoch >= ramps_done
             if stopping or prog.epoch % t.checkpoint_every == 0 or prog.epoch == t.max_epochs:
-                latest.save(prog.epoch, good, vars(prog))
+                run.latest.save(prog.epoch, good, prog.meta())
             if stopping:
                 stop_reason = (
                     f"early stopping: no better smoothed sample-validation NLL for {t.patience} "
                     "epochs"
                 )
                 break
-    summary = {
+    return {
         "epochs": prog.epoch,
         "steps": prog.step,
-        "best_epoch": prog.best_epoch,
-        "best_val_nll_sv_smoothed": prog.best,
-        "skipped_steps": prog.skipped,
-        "rollbacks": prog.rollbacks,
+        "best_epoch": prog.stopping.best_epoch,
+        "best_val_nll_sv_smoothed": prog.stopping.best,
+        "skipped_steps": prog.guard.skipped,
+        "rollbacks": prog.guard.rollbacks,
         "stop_reason": stop_reason,
         "train_seconds": time.perf_counter() - t0,
     }
-    return summary
-
-
