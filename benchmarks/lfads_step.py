@@ -23,7 +23,7 @@ import numpy as np
 from lfads_jslds import config as config_lib
 from lfads_jslds.data.dataset import LFADSData
 from lfads_jslds.pipeline.infer import make_batch_fn
-from lfads_jslds.training import lfads_trainer
+from lfads_jslds.training import lfads as lfads_trainer
 from lfads_jslds.training.run_config import RunConfig
 
 CONFIG = Path(__file__).parents[1] / "pipelines" / "configs" / "mc_maze.yaml"

@@ -19,8 +19,11 @@ from test_lfads_pipeline import ATTRS, TINY, planted_tensors
 from lfads_jslds import config as config_lib
 from lfads_jslds.data.prepare import write_tensors
 from lfads_jslds.io import atomic
+from lfads_jslds.pipeline.run import RunFolder
+from lfads_jslds.pipeline.train import prepare_run, train_run
 from lfads_jslds.tasks import default_config
-from lfads_jslds.training import lfads_trainer, task_trainer
+from lfads_jslds.training import lfads as lfads_trainer
+from lfads_jslds.training import tasks as task_trainer
 from lfads_jslds.training.run_config import RunConfig, validate
 
 pytestmark = pytest.mark.usefixtures("compile_cache")
@@ -119,7 +122,7 @@ def test_a_config_built_in_python_meets_the_same_rules(tmp_path, tensors_file):
     with pytest.raises(config_lib.ConfigError, match=r"config: train\.lr = nan is not a finite"):
         validate(nan_lr)
     with pytest.raises(config_lib.ConfigError, match="train.lr = nan"):
-        lfads_trainer.prepare_run(tmp_path / "run", nan_lr, tensors_file, resume=False)
+        prepare_run(tmp_path / "run", nan_lr, tensors_file, resume=False)
     assert not (tmp_path / "run").exists()
     task = default_config("flipflop")
     bad = dataclasses.replace(task, optim=dataclasses.replace(task.optim, clip_norm=-1.0))
@@ -195,10 +198,9 @@ def test_train_json_is_strict_json_when_validation_gives_nan(tmp_path, tensors_f
     monkeypatch.setattr(lfads_trainer, "make_train_step", still_step)
     monkeypatch.setattr(lfads_trainer, "make_validation", nan_validation)
     cfg = config_lib.resolve(RunConfig(), None, [*TINY, "train.max_epochs=1"])
-    data, _ = lfads_trainer.prepare_run(tmp_path / "run", cfg, tensors_file, resume=False)
-    summary = lfads_trainer.train(cfg, tmp_path / "run", data, progress=False)
+    summary = train_run(tmp_path / "run", cfg, tensors_file, progress=False)
     assert math.isnan(summary["best_val_nll_sv_smoothed"])
-    written = strict_json((tmp_path / "run" / lfads_trainer.SUMMARY).read_text())
+    written = strict_json((tmp_path / "run" / RunFolder.SUMMARY).read_text())
     assert written["best_val_nll_sv_smoothed"] is None
     assert written["epochs"] == 1
 
