@@ -4,11 +4,15 @@ Every cell acts on one sample: ``h: [n]``, ``x: [u]``; batch with ``jax.vmap``.
 Keeping cells single-sample makes ``jax.jvp`` / ``jax.jacfwd`` give per-sample
 Jacobians directly (the JSLDS step and the post-hoc analysis rely on that).
 
-Three cells:
-- ``paper_gru``: the JSLDS paper's GRU (concatenated ``[h; x]`` weights, its sigmoid).
-- ``tanh_rnn``: the paper's vanilla tanh RNN (context-dependent integration).
-- ``lfads_gru``: the GRU as LFADS implementations write it (separate input and
-  recurrent weights, state clipping), used by the LFADS generator.
+Three cells (``CELLS`` names them for the task models' ``cell`` option):
+- ``paper_gru`` (``CELLS["gru"]``): the JSLDS paper's GRU (concatenated ``[h; x]``
+  weights, its sigmoid).
+- ``tanh_rnn`` (``CELLS["tanh"]``): the paper's vanilla tanh RNN (context-dependent
+  integration).
+- ``lfads_gru`` (``CELLS["lfads_gru"]``): the GRU as LFADS implementations write it
+  (separate input and recurrent weights, state clipping). It is the LFADS model's
+  generator cell (``models.lfads.generator_cell``) for every ``model.generator`` value,
+  including ``gru``, which names the LFADS GRU alone, not ``CELLS["gru"]``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 Params = dict[str, Any]
+#: ``cell(params, h: [n], x: [u]) -> h_next: [n]``, one sample.
 Cell = Callable[[Params, jax.Array, jax.Array], jax.Array]
 
 
@@ -138,7 +143,8 @@ def init_lfads_gru(
     return params, jnp.zeros(n, dtype)
 
 
-#: name -> (cell, init). ``init(key, n, u, **options) -> (params, h0)``.
+#: The task models' ``cell`` option -> (cell, init); ``init(key, n, u, **options) -> (params,
+#: h0)``. "gru" is the paper's GRU; the LFADS generator's cell is "lfads_gru".
 CELLS: dict[str, tuple[Cell, Callable[..., tuple[Params, jax.Array]]]] = {
     "gru": (paper_gru, init_paper_gru),
     "tanh": (tanh_rnn, init_tanh_rnn),

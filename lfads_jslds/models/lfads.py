@@ -9,15 +9,18 @@ One trial at a time (``vmap`` batches it), time-major inside:
   ``ci_lag`` bins (and backward states lead by it), a controller GRU on ``[ci_t, f_{t-1}]``,
   inferred inputs ``u_t ~ N(μ_t, σ²_t)`` with LFADS' AR(1) prior (``ar1_log_prob``: τ in
   bins learned, innovation variance fixed at ``co_prior_var``).
-- Generator: the LFADS GRU (clipped) ``g_t = F(g_{t-1}, u_t)``; with ``generator`` =
-  ``jslds`` or ``slds`` a JSLDS state ``a_t`` runs beside it from the same ``g0``,
-  ``e*_t = E(a_{t-1})``, ``u* = 0``, one jvp of F per step (``models.jslds.jslds_step``).
+- Generator: the LFADS GRU (clipped; ``generator_cell``) ``g_t = F(g_{t-1}, u_t)``; with
+  ``generator`` = ``jslds`` or ``slds`` a JSLDS state ``a_t`` runs beside it from the same
+  ``g0``, ``e*_t = E(a_{t-1})``, ``u* = 0``, one jvp of F per step (``models.jslds.jslds_step``).
 - Factors ``f = Ŵ_f dropout(g)`` with the rows of ``W_f`` normalised to unit length; both
   paths share the dropout mask, factors and readout. Log-rates ``W_r f + b_r`` over all
   neurons (held-in then held-out), for the observed and the forward bins; rates are in
   spikes per bin.
-- Which path generates the data is one property of the mode (``GENERATORS``): the g path
-  for ``gru`` and ``jslds``, the a path for ``slds`` (λ_RNN = 0). The generating path's
+- Each ``generator`` value is an object in the registry ``GENERATORS`` (``GeneratorMode``:
+  ``gru``; ``JSLDSGenerator``: ``jslds``, ``slds``) that owns the parameters it adds, its
+  per-step update, its extra loss terms and their weights, and which path generates the
+  data: the g path for ``gru`` and ``jslds``, the a path for ``slds`` (λ_RNN = 0). The
+  forward pass and the losses delegate to it. The generating path's
   factors feed the controller, and its rates and states are what training validates,
   inference reports and the analysis reads (``generating_path``).
 
@@ -27,6 +30,7 @@ and averaged over trials (the ELBO per trial), so λ weights compare like with l
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
@@ -36,7 +40,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lfads_jslds.config import NonNegative, Positive, Rate
-from lfads_jslds.models.cells import init_lfads_gru, lfads_gru, lfads_gru_projected
+from lfads_jslds.models.cells import Cell, init_lfads_gru, lfads_gru, lfads_gru_projected
 from lfads_jslds.models.expansion import init_expansion
 from lfads_jslds.models.jslds import jslds_step
 
@@ -62,26 +66,134 @@ PATHS: dict[PathName, PathFields] = {
 }
 
 
+# --------------------------------------------------------------------------- generators
+
+
+class GeneratorStep(NamedTuple):
+    """One generator step's states, each ``[gen]`` (``[0]`` where the mode has no a path)."""
+
+    g: jax.Array  # g_t = F(g_{t-1}, u_t)
+    a: jax.Array  # a_t, the JSLDS state
+    e_star: jax.Array  # e*_t = E(a_{t-1})
+    f_star: jax.Array  # F(e*_t, 0)
+
+
 @dataclass(frozen=True)
 class GeneratorMode:
-    """What a ``generator`` value runs, and which of its paths generates the data."""
+    """A ``model.generator`` value as an object: what it adds to the model and which of its
+    paths generates the data. The registry ``GENERATORS`` holds one per value.
 
-    has_jslds: bool  # a JSLDS state a_t (expansion network, λ_JSLDS, λ_e, λ_a) beside g_t
-    path: PathName  # the generating path; the g path's NLL is trained only when it is "g"
+    This base class is ``gru``: the LFADS GRU (``cells.lfads_gru``, clipped; not the
+    paper's GRU ``cells.CELLS["gru"]``) alone, one path g, no parameters or losses beyond
+    LFADS'. ``JSLDSGenerator`` adds the a path.
+    """
+
+    path: PathName = "g"  # the generating path; the g path's NLL is trained only when it is "g"
+
+    @property
+    def paths(self) -> tuple[PathName, ...]:
+        """The paths this mode runs (factors, rates and states are computed for each)."""
+        return ("g",)
+
+    @property
+    def has_jslds(self) -> bool:
+        """A JSLDS state a_t (expansion network, λ_JSLDS, λ_e, λ_a) beside g_t."""
+        return "a" in self.paths
 
     @property
     def secondary(self) -> PathName | None:
         """The other path (reported beside the generating one), None without a JSLDS."""
-        if not self.has_jslds:
-            return None
-        return "a" if self.path == "g" else "g"
+        return next((p for p in self.paths if p != self.path), None)
+
+    def init_params(self, cfg: LFADSConfig) -> Params:
+        """The parameters this mode adds to LFADS'."""
+        return {}
+
+    def initial_a(self, g0: jax.Array) -> jax.Array:
+        """``a_0`` from ``g0: [gen]``; ``[0]`` without an a path."""
+        return jnp.zeros(0, g0.dtype)
+
+    def step(
+        self, cell: Cell, params: Params, g: jax.Array, a: jax.Array, u: jax.Array
+    ) -> GeneratorStep:
+        """``(g_{t-1}, a_{t-1}, u_t) -> (g_t, a_t, e*_t, F(e*_t, 0))``; ``cell`` is
+        ``generator_cell(cfg)`` over ``params["gen"]``."""
+        empty = jnp.zeros(0, g.dtype)
+        return GeneratorStep(cell(params["gen"], g, u), empty, empty, empty)
+
+    def loss_terms(
+        self, out: TrialOutput, target: jax.Array, grad_mask: jax.Array
+    ) -> dict[str, jax.Array]:
+        """``nll_jslds``, ``fixed_point``, ``approx`` (conventions of ``loss_terms``); 0 here."""
+        zero = jnp.zeros(())
+        return {"nll_jslds": zero, "fixed_point": zero, "approx": zero}
+
+    def rnn_weight(self, w: LossWeights) -> float:
+        """λ_RNN: the g path's NLL is trained only when the g path generates the data."""
+        return w.rnn if self.path == "g" else 0.0
+
+    def add_losses(
+        self, total: jax.Array, terms: dict[str, jax.Array], w: LossWeights
+    ) -> jax.Array:
+        """``total`` plus this mode's weighted terms (none here)."""
+        return total
+
+
+@dataclass(frozen=True)
+class JSLDSGenerator(GeneratorMode):
+    """The LFADS GRU g_t with a JSLDS a_t beside it from the same ``g0`` (``jslds``, and
+    ``slds`` where the a path generates): ``e*_t = E(a_{t-1})``, ``u* = 0``, one jvp of F
+    per step (``models.jslds.jslds_step``)."""
+
+    @property
+    def paths(self) -> tuple[PathName, ...]:
+        return ("g", "a")
+
+    def init_params(self, cfg: LFADSConfig) -> Params:
+        return {"expansion": init_expansion(cfg.gen_dim, cfg.expansion_layers)}
+
+    def initial_a(self, g0: jax.Array) -> jax.Array:
+        return g0
+
+    def step(
+        self, cell: Cell, params: Params, g: jax.Array, a: jax.Array, u: jax.Array
+    ) -> GeneratorStep:
+        g_new = cell(params["gen"], g, u)
+        a_new, e_star, f_star = jslds_step(
+            cell, params["gen"], params["expansion"], a, u, jnp.zeros_like(u)
+        )
+        return GeneratorStep(g_new, a_new, e_star, f_star)
+
+    def loss_terms(
+        self, out: TrialOutput, target: jax.Array, grad_mask: jax.Array
+    ) -> dict[str, jax.Array]:
+        """NLL of the a path's rates, ``R_e = Σ (F(e*, 0) − e*)²``, ``R_a = Σ (g − a)²``."""
+        sq = lambda d: jnp.mean(jnp.sum(d**2, (-2, -1)))  # noqa: E731
+        return {
+            "nll_jslds": jnp.mean(poisson_nll(out.log_rates_a, target, grad_mask)),
+            "fixed_point": sq(out.f_star - out.expansion_points),
+            "approx": sq(out.gen_states - out.jslds_states),
+        }
+
+    def add_losses(
+        self, total: jax.Array, terms: dict[str, jax.Array], w: LossWeights
+    ) -> jax.Array:
+        """``total + λ_JSLDS NLL(a) + λ_e R_e + λ_a R_a``."""
+        total += w.jslds * terms["nll_jslds"] + w.fixed_point * terms["fixed_point"]
+        return total + w.approx * terms["approx"]
 
 
 GENERATORS: dict[str, GeneratorMode] = {
-    "gru": GeneratorMode(has_jslds=False, path="g"),
-    "jslds": GeneratorMode(has_jslds=True, path="g"),
-    "slds": GeneratorMode(has_jslds=True, path="a"),  # the JSLDS path alone generates
+    "gru": GeneratorMode(path="g"),
+    "jslds": JSLDSGenerator(path="g"),
+    "slds": JSLDSGenerator(path="a"),  # the JSLDS path alone generates (λ_RNN = 0)
 }
+
+
+def generator_cell(cfg: LFADSConfig) -> Cell:
+    """The generator's cell F: the LFADS GRU clipped at ``cfg.cell_clip``,
+    ``F(params["gen"], h: [gen], u: [co]) -> [gen]`` (the analysis linearises this too)."""
+    return functools.partial(lfads_gru, clip=cfg.cell_clip)
 
 
 @dataclass(frozen=True)
@@ -152,8 +264,7 @@ def init_params(
         p["con_h0"] = jnp.zeros(cfg.con_dim)
         p["co"] = _linear(next(k), 2 * cfg.co_dim, cfg.con_dim)
         p["co_prior"] = {"log_tau": jnp.full(cfg.co_dim, math.log(cfg.co_prior_tau))}
-    if GENERATORS[cfg.generator].has_jslds:
-        p["expansion"] = init_expansion(cfg.gen_dim, cfg.expansion_layers)
+    p.update(GENERATORS[cfg.generator].init_params(cfg))
     # strong float32 leaves: a weak-typed leaf would make the first update recompile the step
     return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), p)
 
@@ -244,6 +355,113 @@ class TrialOutput(NamedTuple):
     kl_co: jax.Array  # scalar, nats (one-sample Monte Carlo)
 
 
+def ic_posterior(
+    params: Params, cfg: LFADSConfig, h_ic: jax.Array, key: jax.Array, sample: bool
+) -> tuple[jax.Array, jax.Array]:
+    """``(g0: [gen], KL_ic)`` from the IC encoder's final states ``h_ic: [2 ic_enc]``.
+
+    ``z ~ N(μ, σ²)`` (σ² floored at ``ic_post_var_min``; ``sample=False``: ``z = μ``),
+    ``g0 = W z + b``; ``KL_ic`` against ``N(μ_p, ic_prior_var)`` in nats.
+    """
+    ic = params["ic"]["W"] @ h_ic + params["ic"]["b"]
+    ic_mean, ic_var = ic[: cfg.ic_dim], jnp.exp(ic[cfg.ic_dim :]) + cfg.ic_post_var_min
+    z = ic_mean + (
+        jnp.sqrt(ic_var) * jax.random.normal(key, ic_mean.shape, ic_mean.dtype) if sample else 0.0
+    )
+    kl_ic = gaussian_kl(ic_mean, ic_var, params["ic_prior_mean"], cfg.ic_prior_var)
+    return params["ic_to_g0"]["W"] @ z + params["ic_to_g0"]["b"], kl_ic
+
+
+def controller_input(
+    cfg: LFADSConfig,
+    ci_seqs: list[tuple[jax.Array, jax.Array]],
+    n_total: int,
+    key: jax.Array,
+    train: bool,
+    dtype: Any,
+) -> jax.Array:
+    """The controller's input ``ci: [T, 2 ci_enc]`` (``[T, 0]`` for an autonomous model).
+
+    The CI encoder's forward states lag by ``ci_lag`` bins and its backward states lead by
+    it (zeros where there is none), zeros over the forward bins, then dropout.
+    """
+    if cfg.co_dim == 0:
+        return jnp.zeros((n_total, 0), dtype)
+    ((cf, cb),) = ci_seqs
+    t_obs, lag = cf.shape[0], cfg.ci_lag
+    cf = jnp.concatenate([jnp.zeros((lag, cf.shape[1]), dtype), cf[: t_obs - lag]])
+    cb = jnp.concatenate([cb[lag:], jnp.zeros((lag, cb.shape[1]), dtype)])
+    ci = jnp.concatenate([cf, cb], 1)
+    ci = jnp.concatenate([ci, jnp.zeros((n_total - t_obs, ci.shape[1]), dtype)])
+    return dropout(key, ci, cfg.dropout, train)
+
+
+def controller_step(
+    params: Params,
+    cfg: LFADSConfig,
+    con_h: jax.Array,
+    ci_t: jax.Array,
+    f_prev: jax.Array,
+    eps_t: jax.Array,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """``(con_h, u_t, μ_t, σ²_t)``: the controller GRU on ``[ci_t, f_{t-1}]`` (``f_prev`` the
+    generating path's factors, dropout applied) and ``u_t = μ_t + σ_t ε_t``; all ``[0]``
+    but ``con_h`` for an autonomous model."""
+    co = cfg.co_dim
+    if co == 0:
+        empty = jnp.zeros(0, con_h.dtype)
+        return con_h, empty, empty, empty
+    con_h = lfads_gru(params["con"], con_h, jnp.concatenate([ci_t, f_prev]), clip=cfg.cell_clip)
+    out = params["co"]["W"] @ con_h + params["co"]["b"]
+    mu, var = out[:co], jnp.exp(out[co:]) + cfg.ic_post_var_min
+    return con_h, mu + jnp.sqrt(var) * eps_t, mu, var
+
+
+class _Generated(NamedTuple):
+    """What the generator scan returns, each ``[T, ...]``."""
+
+    states: GeneratorStep  # g, a, e*, F(e*, 0): [T, gen] ([T, 0] without an a path)
+    inputs: jax.Array  # [T, co] u_t
+    co_mean: jax.Array  # [T, co]
+    co_var: jax.Array  # [T, co]
+    factors: dict[PathName, jax.Array]  # per path run, [T, fac]
+
+
+def generate(
+    params: Params,
+    cfg: LFADSConfig,
+    g0: jax.Array,
+    ci: jax.Array,
+    eps: jax.Array,
+    keep: tuple[jax.Array, jax.Array],
+) -> _Generated:
+    """Controller and generator over ``T`` bins in one ``lax.scan``.
+
+    ``ci: [T, ·]`` controller input, ``eps: [T, co]`` the inferred inputs' noise, ``keep``
+    the dropout masks ``([T, gen], [T, fac])`` both paths share. The controller reads the
+    generating path's factors of the previous bin.
+    """
+    mode, cell = GENERATORS[cfg.generator], generator_cell(cfg)
+    w_fac = normalised_rows(params["factors"])
+    con_h0 = params["con_h0"] if cfg.co_dim > 0 else jnp.zeros(0, g0.dtype)
+
+    def step(carry: tuple, xs: tuple) -> tuple[tuple, tuple]:
+        g, a, con_h, f_prev = carry
+        ci_t, eps_t, gk, fk = xs
+        con_h, u, mu, var = controller_step(params, cfg, con_h, ci_t, f_prev * fk, eps_t)
+        new = mode.step(cell, params, g, a, u)
+        fac = {p: w_fac @ (getattr(new, p) * gk) for p in mode.paths}
+        return (new.g, new.a, con_h, fac[mode.path]), (new, u, mu, var, fac)
+
+    carry0 = (g0, mode.initial_a(g0), con_h0, w_fac @ g0)
+    return _Generated(*jax.lax.scan(step, carry0, (ci, eps, *keep))[1])
+
+
+def readout(params: Params, factors: jax.Array) -> jax.Array:
+    """Log-rates ``[T, neuron]`` (spikes per bin, log) from ``factors: [T, fac]``."""
+    return factors @ params["readout"]["W"].T + params["readout"]["b"]
+
+
 def forward_trial(
     params: Params,
     cfg: LFADSConfig,
@@ -260,81 +478,41 @@ def forward_trial(
     means for ``z`` and ``u`` (the "posterior mean" inference option).
     """
     dt = params["readout"]["W"].dtype  # the model's float type; counts may come as int/float64
-    x = x.astype(dt)
-    t_obs = x.shape[0]
-    n_total = t_obs + n_fwd
+    n_total = x.shape[0] + n_fwd
     keys = jax.random.split(key, 8)
-    clip = cfg.cell_clip
-    x = dropout(keys[0], x, cfg.dropout, train)
-
+    x = dropout(keys[0], x.astype(dt), cfg.dropout, train)
     encoders = [params["ic_enc"]] + ([params["ci_enc"]] if cfg.co_dim > 0 else [])
-    (fwd, bwd), *ci_seqs = encode(encoders, x, clip)
+    (fwd, bwd), *ci_seqs = encode(encoders, x, cfg.cell_clip)
     h_ic = dropout(keys[1], jnp.concatenate([fwd[-1], bwd[0]]), cfg.dropout, train)
-    ic = params["ic"]["W"] @ h_ic + params["ic"]["b"]
-    ic_mean, ic_var = ic[: cfg.ic_dim], jnp.exp(ic[cfg.ic_dim :]) + cfg.ic_post_var_min
-    z = ic_mean + (
-        jnp.sqrt(ic_var) * jax.random.normal(keys[2], ic_mean.shape, dt) if sample else 0.0
+    g0, kl_ic = ic_posterior(params, cfg, h_ic, keys[2], sample)
+    ci = controller_input(cfg, ci_seqs, n_total, keys[3], train, dt)
+    eps = jax.random.normal(keys[4], (n_total, cfg.co_dim), dt) * (1.0 if sample else 0.0)
+    keep = (
+        dropout(keys[5], jnp.ones((n_total, cfg.gen_dim), dt), cfg.dropout, train),
+        dropout(keys[6], jnp.ones((n_total, cfg.fac_dim), dt), cfg.dropout, train),
     )
-    kl_ic = gaussian_kl(ic_mean, ic_var, params["ic_prior_mean"], cfg.ic_prior_var)
-    g0 = params["ic_to_g0"]["W"] @ z + params["ic_to_g0"]["b"]
-    w_fac = normalised_rows(params["factors"])
-
-    co, mode = cfg.co_dim, GENERATORS[cfg.generator]
-    use_jslds = mode.has_jslds
-    if co > 0:
-        ((cf, cb),) = ci_seqs
-        lag = cfg.ci_lag
-        cf = jnp.concatenate([jnp.zeros((lag, cf.shape[1]), dt), cf[: t_obs - lag]])
-        cb = jnp.concatenate([cb[lag:], jnp.zeros((lag, cb.shape[1]), dt)])
-        ci = jnp.concatenate([cf, cb], 1)
-        ci = dropout(
-            keys[3], jnp.concatenate([ci, jnp.zeros((n_fwd, ci.shape[1]), dt)]), cfg.dropout, train
-        )
-    else:
-        ci = jnp.zeros((n_total, 0), dt)
-    eps = jax.random.normal(keys[4], (n_total, co), dt) * (1.0 if sample else 0.0)
-    gen_keep = dropout(keys[5], jnp.ones((n_total, cfg.gen_dim), dt), cfg.dropout, train)
-    fac_keep = dropout(keys[6], jnp.ones((n_total, cfg.fac_dim), dt), cfg.dropout, train)
-
-    def step(carry: tuple, xs: tuple) -> tuple[tuple, tuple]:
-        g, a, con_h, f_prev = carry
-        ci_t, eps_t, gk, fk = xs
-        if co > 0:
-            con_h = lfads_gru(params["con"], con_h, jnp.concatenate([ci_t, f_prev * fk]), clip=clip)
-            out = params["co"]["W"] @ con_h + params["co"]["b"]
-            mu, var = out[:co], jnp.exp(out[co:]) + cfg.ic_post_var_min
-            u = mu + jnp.sqrt(var) * eps_t
-        else:
-            mu = var = u = jnp.zeros(0, dt)
-        g_new = lfads_gru(params["gen"], g, u, clip=clip)
-        if use_jslds:
-            cell = lambda p, h, inp: lfads_gru(p, h, inp, clip=clip)  # noqa: E731
-            a_new, e_star, f_star = jslds_step(
-                cell, params["gen"], params["expansion"], a, u, jnp.zeros_like(u)
-            )
-        else:
-            a_new = e_star = f_star = jnp.zeros(0, dt)
-        f_g = w_fac @ (g_new * gk)
-        f_a = w_fac @ (a_new * gk) if use_jslds else jnp.zeros(0, dt)
-        primary = f_a if mode.path == "a" else f_g  # the controller reads what generates
-        return (g_new, a_new, con_h, primary), (g_new, a_new, e_star, f_star, u, mu, var, f_g, f_a)
-
-    con_h0 = params["con_h0"] if co > 0 else jnp.zeros(0, dt)
-    a0 = g0 if use_jslds else jnp.zeros(0, dt)
-    carry0 = (g0, a0, con_h0, w_fac @ g0)
-    _, (g, a, e_star, f_star, u, mu, var, f_g, f_a) = jax.lax.scan(
-        step, carry0, (ci, eps, gen_keep, fac_keep)
-    )
-    if co > 0:
-        log_q = jnp.sum(gaussian_log_prob(u, mu, var))
-        kl_co = log_q - ar1_log_prob(u, params["co_prior"]["log_tau"], cfg.co_prior_var)
+    gen = generate(params, cfg, g0, ci, eps, keep)
+    if cfg.co_dim > 0:
+        log_q = jnp.sum(gaussian_log_prob(gen.inputs, gen.co_mean, gen.co_var))
+        kl_co = log_q - ar1_log_prob(gen.inputs, params["co_prior"]["log_tau"], cfg.co_prior_var)
     else:
         kl_co = jnp.zeros((), dt)
-    readout = params["readout"]
-    log_rates = f_g @ readout["W"].T + readout["b"]
-    log_rates_a = f_a @ readout["W"].T + readout["b"] if use_jslds else jnp.zeros((n_total, 0), dt)
+    empty = jnp.zeros((n_total, 0), dt)  # a path's outputs without one
+    f_a = gen.factors.get("a", empty)
     return TrialOutput(
-        log_rates, log_rates_a, f_g, f_a, g, a, e_star, f_star, u, mu, g0, kl_ic, kl_co
+        log_rates=readout(params, gen.factors["g"]),
+        log_rates_a=readout(params, f_a) if "a" in gen.factors else empty,
+        factors=gen.factors["g"],
+        factors_a=f_a,
+        gen_states=gen.states.g,
+        jslds_states=gen.states.a,
+        expansion_points=gen.states.e_star,
+        f_star=gen.states.f_star,
+        inputs=gen.inputs,
+        co_mean=gen.co_mean,
+        g0=g0,
+        kl_ic=kl_ic,
+        kl_co=kl_co,
     )
 
 
@@ -437,24 +615,17 @@ def loss_terms(
 
     ``target: [trial, T, neuron]`` counts (NaN = unobserved); ``grad_mask`` broadcasts to it.
     """
-    jslds = GENERATORS[cfg.generator].has_jslds
-    zero = jnp.zeros(())
     l2 = l2_penalty(params)
-    return {
+    terms = {
         "nll": jnp.mean(poisson_nll(out.log_rates, target, grad_mask)),
-        "nll_jslds": jnp.mean(poisson_nll(out.log_rates_a, target, grad_mask)) if jslds else zero,
         "kl_ic": jnp.mean(out.kl_ic),
         "kl_co": jnp.mean(out.kl_co),
-        "fixed_point": jnp.mean(jnp.sum((out.f_star - out.expansion_points) ** 2, (-2, -1)))
-        if jslds
-        else zero,
-        "approx": jnp.mean(jnp.sum((out.gen_states - out.jslds_states) ** 2, (-2, -1)))
-        if jslds
-        else zero,
         "l2_gen": l2["gen"],
         "l2_con": l2["con"],
         "l2_expansion": l2["expansion"],
+        **GENERATORS[cfg.generator].loss_terms(out, target, grad_mask),
     }
+    return {k: terms[k] for k in LOSS_TERMS}
 
 
 def total_loss(
@@ -466,18 +637,14 @@ def total_loss(
 ) -> jax.Array:
     """``λ_RNN NLL(g) + λ_JSLDS NLL(a) + kl·(KL_ic + KL_co) + l2·L2 + λ_e R_e + λ_a R_a``."""
     mode = GENERATORS[cfg.generator]
-    lam_rnn = w.rnn if mode.path == "g" else 0.0
-    total = lam_rnn * terms["nll"]
+    total = mode.rnn_weight(w) * terms["nll"]
     total += kl_ramp * (w.kl_ic * terms["kl_ic"] + w.kl_co * terms["kl_co"])
     total += l2_ramp * (
         w.l2_gen * terms["l2_gen"]
         + w.l2_con * terms["l2_con"]
         + w.l2_expansion * terms["l2_expansion"]
     )
-    if mode.has_jslds:
-        total += w.jslds * terms["nll_jslds"] + w.fixed_point * terms["fixed_point"]
-        total += w.approx * terms["approx"]
-    return total
+    return mode.add_losses(total, terms, w)
 
 
 # --------------------------------------------------------------------------- flax module
