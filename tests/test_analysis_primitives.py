@@ -250,6 +250,20 @@ def test_find_fixed_points_recovers_planted_set(newton, steps, q_tol, tol):
     assert fp.points.dtype == np.float64
 
 
+def test_find_fixed_points_progress_runs_the_same_iterates():
+    """With a progress bar the Adam scan runs in pieces (1003 steps: 19 of 51, then 34);
+    each piece continues the optimiser state, so every candidate is bit for bit the
+    one-scan result."""
+    h_init = np.random.default_rng(1).uniform(-1.5, 1.5, size=(64, 2))
+    whole = find_fixed_points(_cubic_map, h_init, np.zeros(1), steps=1003, dedup_tol=0.1)
+    parts = find_fixed_points(
+        _cubic_map, h_init, np.zeros(1), steps=1003, dedup_tol=0.1, progress=True
+    )
+    np.testing.assert_array_equal(parts.candidates, whole.candidates)
+    np.testing.assert_array_equal(parts.candidate_q, whole.candidate_q)
+    np.testing.assert_array_equal(parts.points, whole.points)
+
+
 def test_find_fixed_points_drops_slow_points_above_tolerance():
     # F(h) = h + 0.1 (1 + h²) has no fixed point; q has a minimum 0.005 at h = 0 (a ghost).
     F = lambda h, u: h + 0.1 * (1 + h**2)  # noqa: E731
@@ -283,3 +297,31 @@ def test_deduplicate_keeps_slowest_per_cluster():
         assert members[np.argmin(q[members])] in kept
     assert np.all(np.diff(q[kept]) >= 0)
     assert len(deduplicate(pts, q, tol=1e-9)) == 15
+
+
+@pytest.mark.parametrize("max_points, shown", [(1000, 200), (50, 50)])
+def test_eigenvalue_figure_thins_a_crowded_panel(tmp_path, monkeypatch, max_points, shown):
+    """A panel draws every eigenvalue up to ``max_points``, else that many of them (each
+    one a real eigenvalue), and the title says it was thinned."""
+    from matplotlib.collections import PathCollection
+
+    from lfads_jslds.analysis import figures
+
+    rng = np.random.default_rng(0)
+    eig = rng.normal(size=(10, 5, 4)) + 1j * rng.normal(size=(10, 5, 4))
+    drawn = {}
+
+    def keep(fig, path):
+        (coll,) = [c for c in fig.axes[0].collections if isinstance(c, PathCollection)]
+        drawn["xy"], drawn["title"] = coll.get_offsets(), fig._suptitle.get_text()
+        return path
+
+    monkeypatch.setattr(figures, "_save", keep)
+    figures.eigenvalue_spectra(
+        eig, np.zeros(10, int), np.arange(5) * 0.02, tmp_path / "e.png", max_points=max_points
+    )
+    xy = np.asarray(drawn["xy"])
+    assert xy.shape == (shown, 2)
+    every = {(z.real, z.imag) for z in eig.ravel()}
+    assert {tuple(p) for p in xy} <= every
+    assert ("at most 50 random points" in drawn["title"]) == (shown < 200)

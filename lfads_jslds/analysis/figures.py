@@ -26,12 +26,19 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 
 
 def eigenvalue_spectra(
-    eigvals: np.ndarray, condition: np.ndarray, times_s: np.ndarray, path: Path, max_panels: int = 9
+    eigvals: np.ndarray,
+    condition: np.ndarray,
+    times_s: np.ndarray,
+    path: Path,
+    max_panels: int = 9,
+    max_points: int = 200_000,
 ) -> Path:
     """J_h eigenvalues at the expansion points on the complex plane with the unit circle.
 
     ``eigvals: [trial, time, n]``; one panel per condition (first ``max_panels``), all of
-    its trials' eigenvalues coloured by time.
+    its trials' eigenvalues coloured by time, or a random ``max_points`` of them (fixed
+    seed; the title says so) where there are more: at MC_Maze size a panel holds ~3
+    million, which take minutes to draw and look the same thinned.
     """
     all_conds = np.unique(condition)
     conds = all_conds[:max_panels]
@@ -40,9 +47,14 @@ def eigenvalue_spectra(
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
     circle = np.exp(1j * np.linspace(0, 2 * np.pi, 200))
     t = np.broadcast_to(times_s[None, :, None], eigvals.shape)
+    rng = np.random.default_rng(0)
+    thinned = False
     for ax, c in zip(axes.flat, conds, strict=False):
         sel = condition == c
         lam, tc = eigvals[sel].ravel(), t[sel].ravel()
+        if lam.size > max_points:
+            keep = rng.choice(lam.size, max_points, replace=False)
+            lam, tc, thinned = lam[keep], tc[keep], True
         sc = ax.scatter(lam.real, lam.imag, c=tc, s=3, cmap="viridis", alpha=0.6)
         ax.plot(circle.real, circle.imag, "k-", lw=0.6)
         pad = 0.05 + 0.1 * max(np.ptp(lam.real), np.ptp(lam.imag))
@@ -57,6 +69,7 @@ def eigenvalue_spectra(
         if len(conds) < len(all_conds)
         else ""
     )
+    shown += f"; at most {max_points:,} random points per panel" if thinned else ""
     fig.suptitle(f"Eigenvalues of J_h at the expansion points (arc: unit circle |λ| = 1{shown})")
     fig.tight_layout()
     fig.colorbar(sc, ax=axes, label="time (s)", shrink=0.8)

@@ -34,6 +34,7 @@ n = 100, states of order 1) is round-off: differences below that level mean noth
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -41,8 +42,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from tqdm.auto import tqdm
 
 __all__ = ["FixedPoints", "find_fixed_points", "speed", "deduplicate"]
+
+#: With ``progress``, the Adam scan runs in this many pieces (one bar update each).
+PROGRESS_CHUNKS = 20
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,7 @@ def find_fixed_points(
     dedup_tol: float = 0.025,
     newton_polish: bool = False,
     newton_steps: int = 5,
+    progress: bool = False,
 ) -> FixedPoints:
     """Fixed points of ``h -> F(h, u)`` found by minimising ``q`` from ``h_init``.
 
@@ -109,7 +115,9 @@ def find_fixed_points(
     (e.g. states sampled from trajectories, optionally with noise); ``u: [m]`` the fixed
     input ``u*``. Dtype follows ``h_init`` (float64 when given float64 with x64 on).
     All zeros of ``F(h) − h`` are targets, stable or not. See the module docstring for
-    the procedure and the choice of defaults. Returns :class:`FixedPoints`.
+    the procedure and the choice of defaults. ``progress``: a bar over the Adam steps (the
+    scan runs in ``PROGRESS_CHUNKS`` pieces; the iterates are the same). Returns
+    :class:`FixedPoints`.
     """
     h0 = jnp.asarray(h_init)
     if not jnp.issubdtype(h0.dtype, jnp.inexact):
@@ -134,24 +142,33 @@ def find_fixed_points(
         qs = q_batch(h)
         return jnp.sum(qs), qs
 
-    @jax.jit
-    def optimise(h):
-        def step(carry, _):
-            h, state, best_h, best_q = carry
-            (_, qs), g = jax.value_and_grad(total, has_aux=True)(h)
-            better = qs < best_q
-            best_h = jnp.where(better[:, None], h, best_h)
-            best_q = jnp.where(better, qs, best_q)
-            upd, state = opt.update(g, state, h)
-            return (optax.apply_updates(h, upd), state, best_h, best_q), None
+    def step(carry, _):
+        h, state, best_h, best_q = carry
+        (_, qs), g = jax.value_and_grad(total, has_aux=True)(h)
+        better = qs < best_q
+        best_h = jnp.where(better[:, None], h, best_h)
+        best_q = jnp.where(better, qs, best_q)
+        upd, state = opt.update(g, state, h)
+        return (optax.apply_updates(h, upd), state, best_h, best_q), None
 
-        inf = jnp.full((h.shape[0],), jnp.inf, h.dtype)
-        (h, _, best_h, best_q), _ = jax.lax.scan(step, (h, opt.init(h), h, inf), None, length=steps)
+    @functools.partial(jax.jit, static_argnums=1)
+    def advance(carry, length: int):
+        return jax.lax.scan(step, carry, None, length=length)[0]
+
+    @jax.jit
+    def finish(carry):
+        h, _, best_h, best_q = carry
         qs = q_batch(h)
         better = qs < best_q
         return jnp.where(better[:, None], h, best_h), jnp.where(better, qs, best_q)
 
-    cand, cand_q = (np.asarray(x) for x in optimise(h0))
+    carry = (h0, opt.init(h0), h0, jnp.full((k,), jnp.inf, h0.dtype))
+    chunk = -(-steps // PROGRESS_CHUNKS) if progress else steps
+    with tqdm(total=steps, desc="fixed points", unit="step", disable=not progress) as bar:
+        for start in range(0, steps, chunk):
+            carry = advance(carry, min(chunk, steps - start))
+            bar.update(min(chunk, steps - start))
+    cand, cand_q = (np.asarray(x) for x in finish(carry))
     ok = np.flatnonzero(cand_q < q_tol)
     n_converged = int(ok.size)
     keep = ok[deduplicate(cand[ok], cand_q[ok], dedup_tol)]
