@@ -26,9 +26,8 @@ is the one ``J_h`` acts on, ``a_{t-1} − e*_t`` (``a_0 = g0``; see ``analysis.m
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -37,7 +36,6 @@ from lfads_jslds.analysis.fixed_points import find_fixed_points
 from lfads_jslds.io import atomic
 from lfads_jslds.io.h5 import save_h5_dict
 from lfads_jslds.models import lfads
-from lfads_jslds.models.cells import lfads_gru
 from lfads_jslds.pipeline.run import RunFolder, RunFolderError
 
 #: Distance (state units) within which two expansion points count as the same fixed point.
@@ -52,12 +50,13 @@ def _conditions(tensors: dict[str, Any], n_trials: int) -> np.ndarray:
     return np.zeros(n_trials, int)
 
 
-def numerical_fixed_points(cell, states: np.ndarray, u_dim: int, seed: int = 0):
+def numerical_fixed_points(cell, states: np.ndarray, u_dim: int, seed: int = 0, progress=True):
     """The classical baseline: minimise ½‖F(h) − h‖² from states sampled over all trials."""
     flat = states.reshape(-1, states.shape[-1])
     rng = np.random.default_rng(seed)
     starts = flat[rng.choice(len(flat), min(N_FINDER_STARTS, len(flat)), replace=False)]
-    return find_fixed_points(cell, starts.astype(np.float32), np.zeros(u_dim, np.float32))
+    zero = np.zeros(u_dim, np.float32)
+    return find_fixed_points(cell, starts.astype(np.float32), zero, progress=progress)
 
 
 def condition_jpca(
@@ -135,71 +134,93 @@ def analyze_run(
     cfg, data, params = run.config, run.data, run.params()
     inf, attrs = run.inference()
     dt = float(attrs["bin_ms"]) / 1000.0
-    u_dim = cfg.model.co_dim
-    cell_fn = functools.partial(lfads_gru, clip=cfg.model.cell_clip)
-    gen = params["gen"]
-    cell = lambda h, u: cell_fn(gen, h, u)  # noqa: E731
-    n_trials = inf["rates"].shape[0]
-    condition = _conditions(data.tensors, n_trials)
+    cell_fn = lfads.generator_cell(cfg.model)
+    condition = _conditions(data.tensors, inf["rates"].shape[0])
     try:  # jPCA is quick: a window the data lack is refused before the modes' long work
         jp, jpca_summary = condition_jpca(  # the generating path's factors
             inf["factors"], condition, attrs, jpca_window_ms
         )
     except ValueError as err:
         raise RunFolderError(f"{run / run.INFERENCE}: {err} (--jpca-window)") from None
-
-    mode = lfads.GENERATORS[cfg.model.generator]
-    # the finder starts from the generating path's states (a for slds, g otherwise)
-    fps = numerical_fixed_points(cell, inf[lfads.PATHS[mode.path].states], u_dim)
-    if mode.has_jslds:
-        source = "expansion network E (JSLDS)"
-        points, states = inf["expansion_points"], inf["jslds_states"]
-    else:
-        if len(fps.points) == 0:
-            raise RunFolderError(
-                f"{run}: the generator has no expansion network ({cfg.model.generator}) and the "
-                "numerical fixed-point finder found no fixed point to linearise around"
-            )
-        source = "nearest numerical fixed point (gru generator: no expansion network)"
-        states = inf["gen_states"]
-        # bin t is linearised around the fixed point nearest g_{t-1}, the state it maps
-        prev = modes.previous_states(states, inf["g0"])
-        _, nearest = modes.distance_to_nearest(prev, fps.points, return_index=True)
-        points = fps.points[nearest]  # chunked search: memory bounded for any run size
+    lin = _linearisation(run, inf, cell_fn, params["gen"])
     m = modes.jacobian_modes(
         cell_fn,
-        gen,
-        points,
-        u_dim,
+        params["gen"],
+        lin.points,
+        cfg.model.co_dim,
         dt,
-        states=states,
+        states=lin.states,
         initial=inf["g0"],
         rule=rule,
         exact=exact,
         progress=True,
     )  # decomposes d_t = a_{t-1} - e*_t, the deviation J_h acts on
-    mode_summary = modes.summarize_modes(m, condition)
     residual = (
         inf["fixed_point_residual"]  # written by `infer` along the same expansion points
         if "fixed_point_residual" in inf
-        else modes.fixed_point_residual(cell_fn, gen, points, u_dim=u_dim)
+        else modes.fixed_point_residual(cell_fn, params["gen"], lin.points, u_dim=cfg.model.co_dim)
     )
-    distinct = modes.count_distinct(points, DISTINCT_TOL)
-    overall = mode_summary["overall"]
+    summary = _summary(cfg.model.generator, m, condition, lin, residual, dt, jpca_summary)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_modes(out / "modes.h5", m, residual, inf, condition, lin.source, dt)
+    jp_ms = jpca_summary.get("bins_ms")
+    _figures(out / "figures", inf, data, m, jp, jp_ms, condition, lin.points, lin.states, dt, attrs)
+    atomic.write_json(out / "summary.json", summary)  # strict JSON: NaN becomes null
+    return summary
 
-    summary: dict[str, Any] = {
+
+class Linearisation(NamedTuple):
+    """Where each bin is linearised: ``points``/``states`` ``[trial, time, gen]``."""
+
+    points: np.ndarray  # e*_t
+    states: np.ndarray  # the states the deviations a_{t-1} - e*_t are taken from
+    source: str  # expansion_points_source
+    finder: Any  # the numerical fixed points (``find_fixed_points``' result)
+
+
+def _linearisation(run: RunFolder, inf: dict[str, Any], cell_fn, gen) -> Linearisation:
+    """The expansion network's points (JSLDS generators), else for each bin the numerical
+    fixed point nearest the state it starts from; the finder runs either way (compared)."""
+    cfg = run.config.model
+    mode = lfads.GENERATORS[cfg.generator]
+    cell = lambda h, u: cell_fn(gen, h, u)  # noqa: E731
+    # the finder starts from the generating path's states (a for slds, g otherwise)
+    fps = numerical_fixed_points(cell, inf[lfads.PATHS[mode.path].states], cfg.co_dim)
+    if mode.has_jslds:
+        source = "expansion network E (JSLDS)"
+        return Linearisation(inf["expansion_points"], inf["jslds_states"], source, fps)
+    if len(fps.points) == 0:
+        raise RunFolderError(
+            f"{run}: the generator has no expansion network ({cfg.generator}) and the "
+            "numerical fixed-point finder found no fixed point to linearise around"
+        )
+    states = inf["gen_states"]
+    # bin t is linearised around the fixed point nearest g_{t-1}, the state it maps
+    prev = modes.previous_states(states, inf["g0"])
+    _, nearest = modes.distance_to_nearest(prev, fps.points, return_index=True)
+    source = "nearest numerical fixed point (gru generator: no expansion network)"
+    return Linearisation(fps.points[nearest], states, source, fps)  # chunked: memory bounded
+
+
+def _summary(generator, m, condition, lin, residual, dt, jpca_summary) -> dict[str, Any]:
+    """``summary.json`` (module docstring)."""
+    mode_summary = modes.summarize_modes(m, condition)
+    overall = mode_summary["overall"]
+    distinct = modes.count_distinct(lin.points, DISTINCT_TOL)
+    fps = lin.finder
+    return {
         "rotation_hz_median": overall["freq_hz"]["median"],
         "rotation_hz_iqr": overall["freq_hz"]["iqr"],
         "tau_s_median": overall["tau_s_median"],
         "fixed_point_residual_median": float(np.median(residual)),
-        "n_trials": int(n_trials),
+        "n_trials": int(condition.size),
         "dt_s": dt,
         "eig_sort": m.sort,
         "dominant_rule": m.rule,
         "modes_exact": m.exact,
         "modes_decomposed_exactly": m.n_exact,
-        "generator": cfg.model.generator,
-        "expansion_points_source": source,
+        "generator": generator,
+        "expansion_points_source": lin.source,
         "distinct_fixed_points_per_trial": {
             "tolerance": DISTINCT_TOL,
             "median": float(np.median(distinct)),
@@ -209,7 +230,7 @@ def analyze_run(
             "found": int(len(fps.points)),
             "starts": int(fps.n_candidates),
             "distance_expansion_to_nearest_median": float(
-                np.median(modes.distance_to_nearest(points, fps.points))
+                np.median(modes.distance_to_nearest(lin.points, fps.points))
             )
             if len(fps.points)
             else None,
@@ -217,9 +238,12 @@ def analyze_run(
         "jpca": jpca_summary,
         "modes": mode_summary,
     }
-    out.mkdir(parents=True, exist_ok=True)
+
+
+def _write_modes(path: Path, m, residual, inf, condition, source: str, dt: float) -> None:
+    """``modes.h5``: per trial and bin the dominant mode, spectra and planes."""
     save_h5_dict(
-        out / "modes.h5",
+        path,
         {
             "freq_hz": m.freq_hz,
             "tau_s": m.tau_s,
@@ -239,10 +263,6 @@ def analyze_run(
             "expansion_points_source": source,
         },
     )
-    jp_ms = jpca_summary.get("bins_ms")
-    _figures(out / "figures", inf, data, m, jp, jp_ms, condition, points, states, dt, attrs)
-    atomic.write_json(out / "summary.json", summary)  # strict JSON: NaN becomes null
-    return summary
 
 
 def _figures(folder, inf, data, m, jp, jp_ms, condition, points, states, dt, attrs) -> None:
