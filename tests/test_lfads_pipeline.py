@@ -203,7 +203,7 @@ def test_eval_heldin_training_never_sees_validation_or_heldout_entries(tmp_path,
     assert any(not np.array_equal(a, b) for a, b in zip(base, after_one_step(seen), strict=True))
     summary = lfads_training.train(
         dataclasses.replace(cfg, train=dataclasses.replace(t, max_epochs=1)),
-        tmp_path / "run",
+        RunFolder(tmp_path / "run").train_files,
         data,
         progress=False,
     )
@@ -536,7 +536,7 @@ def test_a_data_file_changed_after_training_is_refused_by_every_later_stage(tmp_
     assert info["tensors_sha256"] == hashlib.sha256(data_path.read_bytes()).hexdigest()
     assert info["input"]["path"] == str(data_path.resolve()) and info["bin_ms"] == 20
     assert info["shapes"]["train_spikes_heldin"] == [16, 8, 6]
-    lfads_training.load_run_data(run)  # unchanged: accepted
+    assert RunFolder(run).data.bin_ms == 20  # unchanged: accepted
 
     write_tensors(data_path, planted_tensors(), {**ATTRS, "bin_ms": 10})
     for stage in (["evaluate", str(run)], ["analyze", str(run)], ["infer", str(run)]):
@@ -550,7 +550,7 @@ def test_a_data_file_changed_after_training_is_refused_by_every_later_stage(tmp_
     assert sorted(p.name for p in run.iterdir()) == sorted(set(before) - moved)  # none written
     data_path.unlink()
     with pytest.raises(RunFolderError, match="is gone"):
-        lfads_training.load_run_data(run)
+        RunFolder(run).data  # noqa: B018 (reading it is the check)
 
 
 def test_infer_without_a_checkpoint_names_the_missing_stage(tmp_path, tensors_file):

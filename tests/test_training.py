@@ -1,4 +1,5 @@
-"""Task training: losses fall, λ = 0 is a standard RNN, exact resume, the NaN guard."""
+"""Task training: losses fall, λ = 0 is a standard RNN, exact resume (also from a damaged
+checkpoint), the NaN guard."""
 
 from dataclasses import replace
 
@@ -13,6 +14,8 @@ from lfads_jslds.tasks import default_config, get_task
 from lfads_jslds.tasks import model as task_model
 from lfads_jslds.tasks.spec import LossWeights
 from lfads_jslds.training import tasks as task_trainer
+from lfads_jslds.training.checkpoints import Checkpoints
+from lfads_jslds.training.loop import seed_keys
 
 SMALL = ["model.n_hidden=24", "optim.batch_size=32", "optim.eval_trials=32", "optim.log_every=5"]
 
@@ -26,7 +29,7 @@ def test_short_training_lowers_every_loss_term(task, tmp_path):
     cfg = small_config(task, "optim.steps=150", "optim.batch_size=64")
     spec = get_task(task)
     batch = spec.sample(jax.random.PRNGKey(123), 256)  # held-out, fixed
-    init = task_model.init_params(task_trainer.seed_keys(0)[0], cfg.model, spec.n_in, spec.n_out)
+    init = task_model.init_params(seed_keys(0).init, cfg.model, spec.n_in, spec.n_out)
     _, before = task_model.losses(init, batch, cfg.model, cfg.loss)
     task_trainer.train(cfg, tmp_path / "run", progress=False)
     trained = pytree_npz.unflatten(pytree_npz.load(tmp_path / "run" / task_trainer.PARAMS))
@@ -81,6 +84,52 @@ def test_resume_reproduces_uninterrupted_weights(tmp_path):
     assert list(steps) == sorted(set(steps)), "log rows are not repeated after resume"
 
 
+def test_resume_falls_back_from_a_damaged_latest_checkpoint(tmp_path):
+    """Step 12's arrays cut to half: resume warns, redoes steps 9-12 from step 8 and ends
+    with the uninterrupted weights (each step's batch comes from its step number)."""
+    cfg = small_config("flipflop", "optim.steps=12", "optim.checkpoint_every=4")
+    run = tmp_path / "run"
+    task_trainer.train(cfg, run, progress=False)
+    whole = pytree_npz.load(run / task_trainer.PARAMS)
+    assert Checkpoints(run / task_trainer.CHECKPOINTS).all_steps() == [8, 12]
+    step12 = run / task_trainer.CHECKPOINTS / "12"
+    for path in (p for p in (step12 / "state").rglob("*") if p.is_file() and p.parent.name == "d"):
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.warns(UserWarning, match=r"cannot read the arrays of .*checkpoints/12"):
+        task_trainer.train(cfg, run, resume=True, progress=False)
+    assert Checkpoints(run / task_trainer.CHECKPOINTS).all_steps() == [8, 12]
+    redone = pytree_npz.load(run / task_trainer.PARAMS)
+    for k in whole:
+        np.testing.assert_array_equal(whole[k], redone[k], err_msg=k)
+    steps = np.loadtxt(run / task_trainer.LOG, delimiter=",", skiprows=1)[:, 0]
+    assert list(steps) == [5, 10, 12]  # log_every=5 and the last step, none twice
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_step_0(tmp_path):
+    """Only config.yaml (and a log row) written: --resume restarts instead of refusing."""
+    cfg = small_config("flipflop", "optim.steps=6", "optim.checkpoint_every=10")
+    task_trainer.train(cfg, tmp_path / "whole", progress=False)
+    run = tmp_path / "killed"
+    task_trainer.prepare_run_folder(run, cfg, resume=False)
+    (run / task_trainer.LOG).write_text("step,total\n5,1.0\n")
+    task_trainer.train(cfg, run, resume=True, progress=False)
+    whole = pytree_npz.load(tmp_path / "whole" / task_trainer.PARAMS)
+    resumed = pytree_npz.load(run / task_trainer.PARAMS)
+    for k in whole:
+        np.testing.assert_array_equal(whole[k], resumed[k], err_msg=k)
+    assert (run / task_trainer.LOG).read_text().splitlines()[1:] == (
+        (tmp_path / "whole" / task_trainer.LOG).read_text().splitlines()[1:]
+    )
+
+
+def test_resume_with_another_model_names_the_field(tmp_path):
+    cfg = small_config("flipflop", "optim.steps=2")
+    task_trainer.train(cfg, tmp_path / "run", progress=False)
+    other = small_config("flipflop", "optim.steps=4", "model.n_hidden=16")
+    with pytest.raises(task_trainer.RunFolderError, match=r"differs .* in model\.n_hidden;"):
+        task_trainer.train(other, tmp_path / "run", resume=True, progress=False)
+
+
 def test_existing_run_folder_is_not_overwritten(tmp_path):
     cfg = small_config("flipflop", "optim.steps=2")
     task_trainer.train(cfg, tmp_path / "run", progress=False)
@@ -94,7 +143,13 @@ def test_non_finite_steps_are_skipped_and_weights_stay_finite(tmp_path):
     """An lr of 1e30 blows the loss up to inf/NaN: no such step is applied, the run
     stops after ``max_bad_steps`` and the checkpoint holds finite weights."""
     cfg = small_config("flipflop", "optim.steps=50", "optim.lr=1e30", "optim.max_bad_steps=3")
-    with pytest.raises(FloatingPointError, match="non-finite"):
+    with pytest.raises(FloatingPointError, match="3 non-finite steps in a row at step"):
         task_trainer.train(cfg, tmp_path / "run", progress=False)
-    ckpt = pytree_npz.load(tmp_path / "run" / task_trainer.CHECKPOINT)
-    assert all(np.all(np.isfinite(v)) for v in ckpt.values())
+    spec = get_task("flipflop")
+    tx = task_trainer.make_optimizer(cfg.optim)
+    params = task_model.init_params(seed_keys(0).init, cfg.model, spec.n_in, spec.n_out)
+    state, meta = Checkpoints(tmp_path / "run" / task_trainer.CHECKPOINTS).restore(
+        (params, tx.init(params))
+    )
+    assert meta["skipped"] >= 3
+    assert all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(state))

@@ -123,7 +123,8 @@ def prepare_run_folder(run: Path, cfg: TaskTrainConfig, resume: bool) -> None:
             TaskTrainConfig(), config_lib.load_yaml(run / CONFIG), str(run / CONFIG)
         )
         check_resume(run / CONFIG, saved, cfg, RESUMABLE)
-        latest = Checkpoints(run / CHECKPOINTS).latest_step()
+        with Checkpoints(run / CHECKPOINTS) as checkpoints:
+            latest = checkpoints.latest_step()
         if latest is not None and latest > cfg.optim.steps:
             raise RunFolderError(f"{run} is already at step {latest}; ask for more steps than that")
         return
@@ -146,7 +147,8 @@ def _start(
     )
     state, step, guard = (params, tx.init(params)), 0, NanGuard(cfg.optim.max_bad_steps)
     if resume:
-        restored = resume_from_checkpoint(Checkpoints(run / CHECKPOINTS), state, run / LOG)
+        with Checkpoints(run / CHECKPOINTS) as checkpoints:
+            restored = resume_from_checkpoint(checkpoints, state, run / LOG)
         if restored is not None:
             step, state, meta = restored
             guard.skipped = meta["skipped"]
@@ -155,6 +157,7 @@ def _start(
 
 
 def _save(latest: Checkpoints, step: int, state: Any, guard: NanGuard) -> None:
+    """Checkpoint ``(params, opt_state)`` as ``step`` unless that step is saved already."""
     if latest.latest_step() != step:
         latest.save(step, tuple(state), {"step": step, "skipped": guard.skipped})
 
