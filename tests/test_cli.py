@@ -19,7 +19,7 @@ from conftest import shared_file
 from typer.testing import CliRunner
 
 from lfads_jslds.cli import app
-from lfads_jslds.io import pytree_npz
+from lfads_jslds.training.checkpoints import Checkpoints
 
 REF_FLIPFLOP = "reference/flipflop3_jslds_paper.npz"
 METRIC_KEYS = {"mean_relative_error", "mse_rnn", "mse_jslds", "fp_loss", "approx_loss"}
@@ -272,14 +272,14 @@ def tiny_run(tmp_path_factory, compile_cache):
 def test_train_writes_run_folder(tiny_run):
     run, result = tiny_run
     names = {p.name for p in run.iterdir()}
-    assert {"config.yaml", "checkpoint.npz", "params.npz", "log.csv", "metrics.json"} <= names
+    assert {"config.yaml", "checkpoints", "params.npz", "log.csv", "metrics.json"} <= names
     assert str(run.resolve()) in result.stdout
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["task"] == "flipflop"
     assert cfg["model"]["n_hidden"] == 8 and cfg["model"]["cell"] == "gru"
     assert cfg["optim"] == {**cfg["optim"], "steps": 3, "batch_size": 4, "eval_trials": 8}
     assert cfg["loss"]["rnn"] == 3.0  # the task's default, resolved into the file
-    assert int(pytree_npz.load(run / "checkpoint.npz")["step"]) == 3
+    assert Checkpoints(run / "checkpoints").latest_step() == 3
     metrics = json.loads((run / "metrics.json").read_text())
     assert METRIC_KEYS <= set(metrics) and metrics["steps"] == 3
     assert (run / "log.csv").read_text().splitlines()[0].startswith("step,total")
@@ -306,7 +306,7 @@ def test_resume_continues(tiny_run, tmp_path):
     shutil.copytree(tiny_run[0], run)
     result = invoke("task", "train", "flipflop", "--out", run, "--resume", "--steps", 5, *TINY)
     assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
-    assert int(pytree_npz.load(run / "checkpoint.npz")["step"]) == 5
+    assert Checkpoints(run / "checkpoints").latest_step() == 5
     assert yaml.safe_load((run / "config.yaml").read_text())["optim"]["steps"] == 5
     assert json.loads((run / "metrics.json").read_text())["steps"] == 5
 

@@ -1,7 +1,7 @@
 """Issue 12, reliability catalogue item 5: one line, not a traceback.
 
 Damaged HDF5 (tensor files, ``inference.h5``, NWB), a dataset missing from
-``inference.h5``, damaged or object-holding ``params.npz`` / ``checkpoint.npz``, ``--out``
+``inference.h5``, a damaged or object-holding ``params.npz``, damaged checkpoints, ``--out``
 as a symlink, a plain HDF5 file named ``.nwb``, and weights whose pickle holds a stub
 where arrays belong: each refused by the CLI with exit code 1 and one ``error:`` line
 naming the file, nothing written. Also: ``metrics.json`` and ``summary.json`` are strict
@@ -18,6 +18,7 @@ import h5py
 import jax
 import numpy as np
 import pytest
+from test_cli import TINY as TASK_TINY
 from test_cli import assert_refused, invoke, snapshot
 from test_lfads_pipeline import ATTRS, TINY, planted_tensors
 from test_safe_npz import _object_npy, _Reduce, _write_npz
@@ -233,7 +234,7 @@ def test_a_damaged_lfads_checkpoint_is_one_line(tmp_path, trained_run, part):
     assert snapshot(run) == before
 
 
-# --- params.npz and checkpoint.npz of a task run folder -----------------------------------------
+# --- params.npz and checkpoints of a task run folder ---------------------------------------------
 
 
 def _task_params() -> dict[str, np.ndarray]:
@@ -298,27 +299,35 @@ def test_a_params_npz_lacking_a_parameter_is_one_line(tmp_path):
     assert_refused(result, str(run), "not a gru task network's weights: no 'cell'")
 
 
-@pytest.mark.parametrize(
-    ("how", "said"),
-    [
-        ("truncated", "checkpoint.npz is not an .npz archive"),
-        ("object", "member 'step' is a pickled object array"),
-    ],
-)
-def test_a_damaged_or_object_holding_checkpoint_npz_is_one_line(tmp_path, how, said):
-    """``task train --resume``. Before: ``BadZipFile`` / ``ValueError: Object arrays cannot
-    be loaded when allow_pickle=False`` tracebacks, neither naming the file."""
-    run = _task_run(tmp_path)
-    flat = {f"params/{k}": v for k, v in _task_params().items()}
-    flat["step"] = np.asarray(3)
-    if how == "object":
-        flat = _with_object_member(flat, "step")
-    np.savez(run / "checkpoint.npz", **flat)
-    if how == "truncated":
-        damage(run / "checkpoint.npz", run / "checkpoint.npz", how)
+@pytest.fixture(scope="module")
+def task_run(tmp_path_factory, compile_cache):
+    """A tiny flip-flop run with checkpoints at steps 2 and 4."""
+    run = tmp_path_factory.mktemp("task") / "run"
+    args = [*TASK_TINY, "--set", "optim.checkpoint_every=2"]
+    result = invoke("task", "train", "flipflop", "--out", run, "--steps", 4, *args)
+    assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
+    return run
+
+
+@pytest.mark.parametrize("part", ["arrays", "metadata"])
+def test_a_damaged_task_checkpoint_is_one_line(tmp_path, task_run, part):
+    """``task train --resume`` with every checkpoint's orbax files cut to half. Before (its
+    ``checkpoint.npz``): ``BadZipFile`` / ``ValueError`` tracebacks, neither naming the file."""
+    run = tmp_path / "run"
+    shutil.copytree(task_run, run)
+    steps = sorted((run / "checkpoints").iterdir())
+    assert [s.name for s in steps] == ["2", "4"]
+    for step in steps:
+        if part == "arrays":
+            cut = [p for p in (step / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+        else:
+            cut = [step / "meta" / "metadata"]
+        assert cut
+        for path in cut:
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     before = snapshot(run)
-    result = invoke("task", "train", "flipflop", "--out", run, "--resume", "--no-progress")
-    err = assert_refused(result, str(run / "checkpoint.npz"), said)
+    result = invoke("task", "train", "flipflop", "--out", run, "--resume", "--steps", 6, *TASK_TINY)
+    err = assert_refused(result, f"no intact checkpoint in {run / 'checkpoints'}")
     assert "train into a new --out" in err
     assert snapshot(run) == before
 

@@ -78,13 +78,11 @@ def load_task_weights(path: Path, spec: TaskSpec) -> tuple[Params, ModelConfig]:
         raise WeightsFileError(f"weights {path} do not exist")
     if path.is_dir():
         cfg_file = path / "config.yaml"
-        weights = next(
-            (p for p in (path / "params.npz", path / "checkpoint.npz") if p.exists()), None
-        )
-        if not cfg_file.exists() or weights is None:
+        weights = path / "params.npz"  # written when training ends
+        if not cfg_file.exists() or not weights.exists():
             raise WeightsFileError(
-                f"{path} is not a task run folder "
-                "(needs config.yaml and params.npz or checkpoint.npz)"
+                f"{path} is not a finished task run folder (needs config.yaml and params.npz; "
+                "an unfinished run gets them from task train --resume)"
             )
         run_cfg = config_lib.update(
             TaskTrainConfig(), config_lib.load_yaml(cfg_file), str(cfg_file)
