@@ -15,8 +15,8 @@ from lfads_jslds.data.prepare import prepare, read_tensors, write_tensors
 from lfads_jslds.data.synth import read_ground_truth, true_rates_per_bin
 from lfads_jslds.metrics import bits_per_spike, evaluate, smoothing_baseline
 from lfads_jslds.pipeline.infer import submission_from_inference, unit_order
+from lfads_jslds.pipeline.run import RunFolder
 from lfads_jslds.pipeline.train import prepare_run
-from lfads_jslds.training import lfads as lfads_training
 from lfads_jslds.training.run_config import RunConfig
 
 
@@ -89,12 +89,13 @@ def test_a_run_made_from_nwb_finds_its_data_after_a_move_and_from_any_directory(
     demo = Path(__file__).parents[1] / "pipelines" / "configs" / "synthetic_demo.yaml"
     cfg = config_lib.resolve(RunConfig(), demo, [])
     monkeypatch.chdir(tmp_path)
-    made, source = prepare_run(Path("runs/a"), cfg, session, resume=False)
+    run, made = prepare_run(Path("runs/a"), cfg, session, resume=False)
+    source = run.source
     moved = tmp_path / "elsewhere" / "a"
     moved.parent.mkdir()
     Path("runs/a").rename(moved)
     monkeypatch.chdir(moved.parent)  # neither the old cwd nor inside the run
-    data, found = lfads_training.load_run_data(moved)
+    data, found = RunFolder(moved).data, RunFolder(moved).source
     assert found == source == session.resolve()
     np.testing.assert_array_equal(data.train_input, made.train_input)
     np.testing.assert_array_equal(data.train_target, made.train_target)

@@ -1,6 +1,7 @@
 """Task training: losses fall, λ = 0 is a standard RNN, exact resume (also from a damaged
 checkpoint), the NaN guard."""
 
+import shutil
 from dataclasses import replace
 
 import jax
@@ -153,3 +154,18 @@ def test_non_finite_steps_are_skipped_and_weights_stay_finite(tmp_path):
     )
     assert meta["skipped"] >= 3
     assert all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(state))
+
+
+def test_a_task_folder_from_the_old_checkpoint_format_is_refused_not_retrained(tmp_path):
+    """An earlier version's folder (checkpoint.npz, no checkpoints/): --resume would start
+    from step 0 and overwrite its params.npz; it is refused with everything untouched."""
+    cfg = small_config("flipflop", "optim.steps=2")
+    run = tmp_path / "run"
+    task_trainer.train(cfg, run, progress=False)
+    shutil.rmtree(run / task_trainer.CHECKPOINTS)
+    (run / "checkpoint.npz").write_bytes(b"an earlier version's checkpoint")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    more = small_config("flipflop", "optim.steps=4")
+    with pytest.raises(task_trainer.RunFolderError, match="checkpoint.npz from an earlier"):
+        task_trainer.train(more, run, resume=True, progress=False)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before

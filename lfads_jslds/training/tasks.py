@@ -119,6 +119,11 @@ def prepare_run_folder(run: Path, cfg: TaskTrainConfig, resume: bool) -> None:
     if resume:
         if not (run / CONFIG).exists():
             raise RunFolderError(f"{run} has no checkpoint; nothing to resume")
+        if (run / "checkpoint.npz").exists() and not (run / CHECKPOINTS).exists():
+            raise RunFolderError(
+                f"{run} holds a checkpoint.npz from an earlier version, which this one does "
+                "not resume (its params.npz stays usable with `task eval`); train into a new --out"
+            )
         saved = config_lib.update(
             TaskTrainConfig(), config_lib.load_yaml(run / CONFIG), str(run / CONFIG)
         )
