@@ -14,7 +14,7 @@ DEMO_DATA := runs/synthetic_small.nwb
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,tune]'
 	touch $(STAMP)
 
 $(DEMO_DATA): | $(STAMP)

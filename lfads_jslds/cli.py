@@ -476,6 +476,89 @@ def run_all(
     _run(go)
 
 
+def _tune_stage(
+    data: Path,
+    out: Path,
+    config: Path | None,
+    overrides: list[str],
+    space: Path | None,
+    shape: dict[str, Any],
+    resources: dict[str, Any],
+    address: str | None,
+    resume: bool,
+) -> None:
+    from dataclasses import replace
+
+    from lfads_jslds import config as config_lib
+    from lfads_jslds.pipeline import tune as tuning
+    from lfads_jslds.pipeline.tune_space import load_space
+    from lfads_jslds.training.run_config import RunConfig
+
+    given = {k: v for k, v in shape.items() if v is not None}
+    if resume:
+        fixed = [f"--{k.replace('_', '-')}" for k in given if k != "generations"]
+        fixed += [name for name, v in (("--config", config), ("--space", space)) if v]
+        fixed += ["--set / data options"] if overrides else []
+        if fixed:
+            raise config_lib.ConfigError(
+                f"--resume continues {out} as its tune.json records it; drop {', '.join(fixed)}"
+            )
+        result = tuning.resume_run(out, data, given | resources, address, say=typer.echo)
+    else:
+        cfg = config_lib.resolve(RunConfig(), config, overrides)
+        opts = replace(tuning.TuneOptions(), **given, **resources)
+        space_ = load_space(space or Path("pipelines/configs/pbt_space.yaml"))
+        result = tuning.tune_run(out, cfg, data, space_, opts, address, say=typer.echo)
+    typer.echo(
+        f"best member {result['best_member']} (score {result['best_score']:.5g}), "
+        f"exported as the run folder {result['best']}"
+    )
+
+
+@app.command("tune")
+def tune(
+    data: DataArg,
+    out: Annotated[Path, typer.Option(help="Search folder to create (or continue, --resume).")],
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    space: Annotated[
+        Path | None,
+        typer.Option(help="Search-space YAML (default pipelines/configs/pbt_space.yaml)."),
+    ] = None,
+    members: Annotated[int | None, typer.Option(help="Population size (default 8).")] = None,
+    generations: Annotated[
+        int | None, typer.Option(help="Perturbation intervals to train (default 20).")
+    ] = None,
+    interval: Annotated[
+        int | None, typer.Option(help="Epochs between exploits (default 25).")
+    ] = None,
+    burn_in: Annotated[
+        int | None, typer.Option(help="Epochs before the first interval (default 0).")
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster HOST:PORT to join (default: start a local Ray)."),
+    ] = None,
+    cpus_per_member: Annotated[float, typer.Option(help="CPUs per member.")] = 1.0,
+    gpus_per_member: Annotated[float, typer.Option(help="GPUs (or a fraction) per member.")] = 0.0,
+    resume: Annotated[bool, typer.Option(help="Continue the search in --out.")] = False,
+    bin_ms: BinMsOption = None,
+    val_fraction: ValFractionOption = None,
+    heldout_fraction: HeldoutFractionOption = None,
+    heldout_units: HeldoutUnitsOption = None,
+    split_seed: SplitSeedOption = None,
+) -> None:
+    """Population-based training (AutoLFADS) of LFADS-JSLDS on Ray (needs the `tune` extra)."""
+    options = (bin_ms, val_fraction, heldout_fraction, heldout_units, split_seed)
+    shape = {"members": members, "generations": generations, "interval": interval}
+    shape["burn_in"] = burn_in
+    resources = {"cpus_per_member": cpus_per_member, "gpus_per_member": gpus_per_member}
+    overrides = [*(set_ or []), *_data_overrides(*options)]
+    _run(
+        lambda: _tune_stage(data, out, config, overrides, space, shape, resources, address, resume)
+    )
+
+
 def format_run_metrics(m: dict[str, Any]) -> str:
     """A short table: the model (its generating path), its other path (JSLDS or RNN), the
     smoothing baseline and the truth."""
