@@ -70,7 +70,10 @@ PATHS: dict[PathName, PathFields] = {
 
 
 class GeneratorStep(NamedTuple):
-    """One generator step's states, each ``[gen]`` (``[0]`` where the mode has no a path)."""
+    """One generator step's states, each ``[gen]`` (``[0]`` where the mode has no a path).
+
+    The fields ``g`` and ``a`` are named as the paths (``PathName``) whose states they are.
+    """
 
     g: jax.Array  # g_t = F(g_{t-1}, u_t)
     a: jax.Array  # a_t, the JSLDS state
