@@ -96,6 +96,7 @@ from lfads_jslds.analysis.eigen import (
     rotation_planes,
 )
 from lfads_jslds.analysis.jacobians import padded_chunks
+from lfads_jslds.models.cells import Cell
 
 __all__ = [
     "JacobianModes",
@@ -111,9 +112,6 @@ __all__ = [
     "count_distinct",
     "distance_to_nearest",
 ]
-
-Cell = Callable[[Any, jax.Array, jax.Array], jax.Array]
-
 
 @dataclass(frozen=True)
 class JacobianModes:
