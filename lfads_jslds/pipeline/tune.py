@@ -325,8 +325,10 @@ def write_figures(out: Path, state: dict[str, Any]) -> list[Path]:
     for member in state["members"]:
         with open(out / MEMBERS / member / RunFolder.LOG, newline="") as f:
             rows = [r for r in csv.DictReader(f) if r["val_nll_sv_smoothed"] not in ("", "nan")]
-        ax.plot([int(r["epoch"]) for r in rows], [float(r["val_nll_sv_smoothed"]) for r in rows])
+        epochs = [int(r["epoch"]) for r in rows]
+        ax.plot(epochs, [float(r["val_nll_sv_smoothed"]) for r in rows], label=member)
     ax.set(xlabel="epoch", ylabel="smoothed sample-validation NLL per trial", title="members")
+    ax.legend(fontsize=7, ncol=2)
     paths = [out / FIGURES / "scores.png", out / FIGURES / "hyperparameters.png"]
     fig.savefig(paths[0], dpi=100, bbox_inches="tight")
     plt.close(fig)
@@ -335,9 +337,12 @@ def write_figures(out: Path, state: dict[str, Any]) -> list[Path]:
     for ax, key in zip(axes[:, 0], keys, strict=True):
         for member in state["members"]:
             rows = [r for r in state["rows"] if r["member"] == member]
-            ax.step([r["epoch"] for r in rows], [r["values"][key] for r in rows], where="pre")
+            starts = [r["epoch"] - state["options"]["interval"] for r in rows]  # held from
+            values = [r["values"][key] for r in rows]
+            ax.step([*starts, rows[-1]["epoch"]], [*values, values[-1]], where="post")
         ax.set_ylabel(key, fontsize=8)
         ax.set_yscale("log" if state["space"][key]["scale"] == "log" else "linear")
+    axes[0, 0].legend(list(state["members"]), fontsize=7, ncol=4)
     axes[-1, 0].set_xlabel("epoch")
     fig.savefig(paths[1], dpi=100, bbox_inches="tight")
     plt.close(fig)
@@ -361,9 +366,14 @@ def export_best(out: Path, state: dict[str, Any]) -> tuple[str, float]:
 
 
 def _train_generation(ray: Any, out: Path, opts: TuneOptions, members: list[str]) -> list[float]:
-    """Every member trained through one interval, each a Ray task; their scores."""
+    """Every member trained through one interval, each a Ray task; their scores. On a GPU,
+    JAX allocates as it goes (not 75 % up front), so members can share one."""
+    gpu = {"env_vars": {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}}
     task = ray.remote(train_interval).options(
-        num_cpus=opts.cpus_per_member, num_gpus=opts.gpus_per_member, max_retries=0
+        num_cpus=opts.cpus_per_member,
+        num_gpus=opts.gpus_per_member,
+        max_retries=0,
+        runtime_env=gpu if opts.gpus_per_member > 0 else None,
     )
     refs = [task.remote(str((out / MEMBERS / m).resolve())) for m in members]
     return [float(s) for s in ray.get(refs)]
