@@ -153,6 +153,28 @@ def training_arrays(
     )
 
 
+def member_step(cfg: RunConfig, tx: optax.GradientTransformation, n_fwd: int) -> Callable[..., Any]:
+    """One member's step, unjitted and traceable in every argument (``training.population``
+    vmaps it over members): ``(params, opt, inputs, targets, idx, step_key, step, lr_scale,
+    kl_w, l2_w, w)`` with ``w`` the ``LossWeights`` (fields may be traced; ``total_loss``
+    branches only on ``cfg.model``). Returns ``(params, opt, terms, ok)``."""
+
+    def loss_fn(params: Any, x, target, key, kl_w, l2_w, w: lfads.LossWeights):
+        k_cd, k_model = jax.random.split(key)
+        x_in, grad_mask = coordinated_dropout(k_cd, x, *target.shape[1:], cfg.train.cd_rate)
+        out = lfads.forward(params, cfg.model, x_in, n_fwd, k_model, train=True)
+        terms = lfads.loss_terms(params, cfg.model, out, target, grad_mask)
+        return lfads.total_loss(terms, cfg.model, w, kl_w, l2_w), terms
+
+    def step(params, opt_state, inputs, targets, idx, step_key, step, lr_scale, kl_w, l2_w, w):
+        key = jax.random.fold_in(step_key, step)
+        args = inputs[idx], targets[idx], key, kl_w, l2_w, w
+        new = guarded_update(loss_fn, tx, params, opt_state, lr_scale, *args)
+        return new.params, new.opt_state, dict(new.aux, total=new.loss), new.ok
+
+    return step
+
+
 def make_train_step(
     cfg: RunConfig, tx: optax.GradientTransformation, n_fwd: int
 ) -> Callable[..., Any]:
@@ -161,22 +183,13 @@ def make_train_step(
     Returns ``(params, opt, terms, ok)``; ``inputs``/``targets`` are the whole train set
     on device and ``idx [batch]`` picks the batch inside the jit.
     """
-    step_key = seed_keys(cfg.train.seed).step
-
-    def loss_fn(params: Any, x: jax.Array, target: jax.Array, key: jax.Array, kl_w, l2_w):
-        k_cd, k_model = jax.random.split(key)
-        x_in, grad_mask = coordinated_dropout(k_cd, x, *target.shape[1:], cfg.train.cd_rate)
-        out = lfads.forward(params, cfg.model, x_in, n_fwd, k_model, train=True)
-        terms = lfads.loss_terms(params, cfg.model, out, target, grad_mask)
-        total = lfads.total_loss(terms, cfg.model, cfg.loss, kl_w, l2_w)
-        return total, terms
+    step, step_key = member_step(cfg, tx, n_fwd), seed_keys(cfg.train.seed).step
 
     @jax.jit
-    def step_fn(params, opt_state, inputs, targets, idx, step, lr_scale, kl_w, l2_w):
-        key = jax.random.fold_in(step_key, step)
-        args = inputs[idx], targets[idx], key, kl_w, l2_w
-        new = guarded_update(loss_fn, tx, params, opt_state, lr_scale, *args)
-        return new.params, new.opt_state, dict(new.aux, total=new.loss), new.ok
+    def step_fn(params, opt_state, inputs, targets, idx, i, lr_scale, kl_w, l2_w):
+        return step(
+            params, opt_state, inputs, targets, idx, step_key, i, lr_scale, kl_w, l2_w, cfg.loss
+        )
 
     return step_fn
 
