@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import h5py
 import jax
 import numpy as np
 import pytest
@@ -88,6 +89,16 @@ def test_bad_range_is_refused(tmp_path, tensors_file, no_ray_start, entry, needl
     space = _space(tmp_path, {"model.dropout": entry})
     out = tmp_path / "search"
     _one_line_error(_tune(tensors_file, out, "--space", str(space)), "model.dropout", needle)
+    assert not out.exists()
+
+
+def test_unusable_data_leaves_nothing(tmp_path, no_ray_start):
+    """An HDF5 file without trial tensors fails once the first member's folder exists."""
+    bad = tmp_path / "bad.h5"
+    with h5py.File(bad, "w") as f:
+        f["x"] = np.zeros(3)
+    out = tmp_path / "search"
+    _one_line_error(_tune(bad, out), str(bad))
     assert not out.exists()
 
 

@@ -421,7 +421,14 @@ def tune_run(
     check_new(out, cfg, data, space, opts)
     ray = require_ray()
     check_address(address)
-    state = start_search(out, cfg, data, space, opts)
+    existed = out.exists()
+    try:
+        state = start_search(out, cfg, data, space, opts)
+    except Exception:  # e.g. a damaged data file: nothing of the search stays behind
+        shutil.rmtree(out / MEMBERS, ignore_errors=True)
+        if not existed:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     return search(ray, out, state, address, local_cpus, say)
 
 
