@@ -399,10 +399,13 @@ def _generation(ray: Any, out: Path, state: dict[str, Any], g: int) -> str:
     _save(out, state)
     write_results(out, state)
     best = min(range(len(members)), key=lambda i: (scores[i], members[i]))
+    ever = min(state["rows"], key=lambda r: (r["score"], r["generation"], r["member"]))
     alive = sum(math.isfinite(s) for s in scores)
     return (
-        f"generation {g}/{opts.generations} (epoch {opts.epoch_at(g)}): best score "
-        f"{scores[best]:.5g} ({members[best]}), {alive}/{len(members)} members alive"
+        f"generation {g}/{opts.generations} (epoch {opts.epoch_at(g)}): best "
+        f"{scores[best]:.5g} ({members[best]}), best so far {ever['score']:.5g} "
+        f"({ever['member']}, generation {ever['generation']}), {alive}/{len(members)} "
+        "members alive"
     )
 
 
