@@ -216,11 +216,7 @@ def test_tiny_pbt_exploits_exports_and_resumes(tmp_path, tensors_file, monkeypat
     this needs the fewest compiles. The members are then identical until the first exploit
     explores the loser's rate; the second exploit pairs that member with one of the others.
     """
-    cache = jax.config.jax_compilation_cache_dir  # the Ray workers share the session's cache
-    if cache:
-        monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", cache)
-        monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-        monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)  # the search's own cache
     lr = {"low": 2e-3, "high": 2e-2, "scale": "log", "init": 5e-3}
     space = _space(tmp_path, {"train.lr": lr})
     out = tmp_path / "search"
@@ -233,6 +229,7 @@ def test_tiny_pbt_exploits_exports_and_resumes(tmp_path, tensors_file, monkeypat
     assert "generation 1/1 (epoch 2)" in first.output and "4/4 members alive" in first.output
     assert all(_log_epochs(m) == [1, 2] for m in members)
     assert json.loads((out / "tune.json").read_text())["done"] == 1
+    assert any((out / "jax_cache").iterdir())  # the members' compiled steps, shared
 
     copies = []  # (loser, winner, loser's state before, winner's state, loser's after)
     copy_state = tune.copy_state
