@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -285,3 +286,17 @@ def test_tiny_pbt_exploits_exports_and_resumes(tmp_path, tensors_file, monkeypat
     evaluated = runner.invoke(app, ["evaluate", str(best)])
     assert evaluated.exit_code == 0, evaluated.output
     assert "co-bps" in evaluated.output and (best / "metrics.json").exists()
+
+
+def test_help_imports_neither_jax_nor_ray():
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from lfads_jslds.cli import app\n"
+        "r = CliRunner().invoke(app, ['tune', '--help'])\n"
+        "assert r.exit_code == 0 and '--members' in r.output, r.output\n"
+        "print(sorted({'jax', 'ray'} & set(sys.modules)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
