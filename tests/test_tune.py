@@ -5,6 +5,7 @@ exports a run folder that ``infer`` and ``evaluate`` accept, and resumes after a
 import csv
 import json
 import math
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import yaml
 from test_lfads_pipeline import TINY, tensors_file  # noqa: F401 (a fixture)
 from typer.testing import CliRunner
 
+from lfads_jslds import config as config_lib
 from lfads_jslds.cli import app
 from lfads_jslds.models import lfads
 from lfads_jslds.pipeline import tune
@@ -26,6 +28,7 @@ from lfads_jslds.pipeline.run import RunFolder
 from lfads_jslds.pipeline.tune_space import FACTORS, Dimension, load_space
 from lfads_jslds.training import lfads as lfads_training
 from lfads_jslds.training.checkpoints import Checkpoints
+from lfads_jslds.training.run_config import RunConfig
 
 runner = CliRunner()
 SETS = [a for s in TINY for a in ("--set", s)]
@@ -184,6 +187,36 @@ def test_plan_replaces_the_worst_quarter_by_the_best():
         assert m["winner"] in ("m1", "m3")  # scores 1.0 and 2.0
         lr = state["members"][m["winner"]]["train.lr"]
         assert m["values"]["train.lr"] in (lr * 0.8, lr * 1.2)
+
+
+def test_an_interrupted_exploit_is_replayed_from_its_plan(tmp_path):
+    """Killed mid-copy (the loser's checkpoints gone, a half copy beside them): the resumed
+    search applies the recorded plan, not a new one, and ends with the winner's files."""
+    members = tmp_path / "members"
+    for name in ("m00", "m01"):
+        for sub in ("checkpoints", "best"):
+            (members / name / sub / "2").mkdir(parents=True)
+            (members / name / sub / "2" / "state").write_text(f"{name} {sub}")
+    shutil.rmtree(members / "m01" / "checkpoints")
+    (members / "m01" / "checkpoints.exploit" / "2").mkdir(parents=True)
+    move = {"loser": "m01", "winner": "m00", "values": {"train.lr": 1.2e-3}}
+    state = {
+        "options": {"members": 2, "interval": 2},
+        "config": config_lib.to_dict(RunConfig()),
+        "members": {"m00": {"train.lr": 1e-3}, "m01": {"train.lr": 5e-3}},
+        "plan": {"generation": 1, "moves": [move]},
+        "exploited": 0,
+        "rows": [],  # a new plan could not be made from these: the recorded one is used
+    }
+    tune.exploit(tmp_path, state, 1)
+    for sub in ("checkpoints", "best"):
+        assert (members / "m01" / sub / "2" / "state").read_text() == f"m00 {sub}"
+    assert not (members / "m01" / "checkpoints.exploit").exists()
+    saved = json.loads((tmp_path / "tune.json").read_text())
+    assert saved["plan"] is None and saved["exploited"] == 1
+    assert saved["members"]["m01"] == {"train.lr": 1.2e-3}
+    cfg = RunFolder(members / "m01").config  # rewritten: new rate, the next interval's end
+    assert (cfg.train.lr, cfg.train.max_epochs) == (1.2e-3, 4)
 
 
 # --------------------------------------------------------------------------- a tiny search
