@@ -143,7 +143,8 @@ def _load(out: Path) -> dict[str, Any]:
     path = _state_path(out)
     if not path.exists():
         raise RunFolderError(
-            f"{out} has no {STATE}: not a search made by `tune`; nothing to resume"
+            f"{out} has no {STATE}: not a search made by `tune` (or one killed while its "
+            "members were being made: remove it and start again); nothing to resume"
         )
     return json.loads(path.read_text())
 
