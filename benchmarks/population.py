@@ -19,8 +19,9 @@ Measured 2026-11-29 on this project's shared 2-core CPU machine, pinned to both 
     K =  8: step   593 ms, 13.5 member-steps/s = 1.17 x K = 1
 
 An earlier run under more load (8.9 before, 6.0 after): 1.00 / 0.99 / 1.25 (K = 1: 300
-ms). On 2 cores one member's step already keeps both busy, so stacking gains little
-here (the issue's target, K = 8 at 2x K = 1, is not reached); the gain is for GPUs.
+ms). The time per member barely falls with K (87 → 74 ms at K = 8): at these sizes the
+step is bound by arithmetic on 2 cores, not by per-operation overhead, so stacking gains
+little here; the issue's target (K = 8 at 2x K = 1) is not reached on this machine.
 """
 
 from __future__ import annotations
