@@ -34,6 +34,7 @@ an uninterrupted run ends.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -195,6 +196,14 @@ def exploit(state: PopulationState, winners: jax.Array) -> PopulationState:
     )
 
 
+@functools.lru_cache(maxsize=4)
+def _compiled(cfg: RunConfig, n_trials: int, n_fwd: int) -> tuple[Callable, Callable]:
+    """The step and validation of ``train_population``, built once per config and sizes:
+    a search calls it once per perturbation interval, and jit caches by function."""
+    tx = lfads_training.make_optimizer(cfg, n_trials // cfg.train.batch_size)
+    return make_population_step(cfg, tx, n_fwd), make_population_validation(cfg)
+
+
 class PopulationResult(NamedTuple):
     state: PopulationState
     val_nll: np.ndarray  # [epoch, K] sample-validation NLL after each epoch of this call
@@ -219,9 +228,7 @@ def train_population(
     """
     t = cfg.train
     pop = population_data(cfg, data)
-    tx = make_optimizer(cfg, pop)
-    step_fn = make_population_step(cfg, tx, pop.n_fwd)
-    val_fn = make_population_validation(cfg)
+    step_fn, val_fn = _compiled(cfg, pop.n_trials, pop.n_fwd)
     state = init_population(cfg, data, hparams, seeds)
     saved = None if checkpoints is None else Checkpoints(checkpoints, keep=2)
     epoch, step, skipped = 0, 0, jnp.zeros(len(seeds), jnp.int32)
