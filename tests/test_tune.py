@@ -2,6 +2,7 @@
 written and no Ray started; a tiny search exploits (weights and optimiser state copied),
 exports a run folder that ``infer`` and ``evaluate`` accept, and resumes after a kill."""
 
+import contextlib
 import csv
 import json
 import math
@@ -96,8 +97,10 @@ def test_bad_range_is_refused(tmp_path, tensors_file, no_ray_start, entry, needl
     assert not out.exists()
 
 
-def test_unusable_data_leaves_nothing(tmp_path, no_ray_start):
-    """An HDF5 file without trial tensors fails once the first member's folder exists."""
+def test_unusable_data_leaves_nothing(tmp_path, monkeypatch):
+    """An HDF5 file without trial tensors fails once Ray is up and the first member's
+    folder exists (Ray stubbed here: the data is read only after the join)."""
+    monkeypatch.setattr(tune, "ray_session", lambda *args: contextlib.nullcontext())
     bad = tmp_path / "bad.h5"
     with h5py.File(bad, "w") as f:
         f["x"] = np.zeros(3)
@@ -138,6 +141,28 @@ def test_unreachable_address_fails_fast(tmp_path, tensors_file, no_ray_start):  
     result = _tune(tensors_file, out, "--address", f"127.0.0.1:{port}")
     assert time.perf_counter() - start < 10
     _one_line_error(result, f"--address 127.0.0.1:{port}", "no Ray cluster answers")
+    assert not out.exists()
+
+
+def test_a_refused_join_writes_nothing(tmp_path, tensors_file, monkeypatch):  # noqa: F811
+    """Something answers at --address but Ray refuses the join (here: a stub raising what
+    Ray 2.60 raises without the cluster's token): one line, no folder."""
+    ray = pytest.importorskip("ray")
+
+    def refuse(*args, **kwargs):
+        try:
+            raise RuntimeError("InvalidAuthToken: Authentication token is missing")
+        except RuntimeError as err:
+            raise ConnectionError("Failed to connect to Ray cluster") from err
+
+    monkeypatch.setattr(ray, "init", refuse)
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        address = f"127.0.0.1:{listening.getsockname()[1]}"
+        out = tmp_path / "search"
+        result = _tune(tensors_file, out, "--address", address)
+    _one_line_error(result, f"--address {address}: could not join", "InvalidAuthToken")
     assert not out.exists()
 
 

@@ -27,6 +27,7 @@ checkpoint, an interrupted exploit is replayed from its recorded plan.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -34,7 +35,7 @@ import math
 import os
 import shutil
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -422,6 +423,27 @@ def _generation(ray: Any, out: Path, state: dict[str, Any], g: int) -> str:
     )
 
 
+@contextlib.contextmanager
+def ray_session(address: str | None, local_cpus: int | None) -> Iterator[Any]:
+    """Ray joined at ``address`` or started here with ``local_cpus`` CPUs (None: all),
+    shut down on leaving. A cluster that refuses the join (wrong address, an
+    authentication token this machine lacks) is a one-line error."""
+    ray = require_ray()
+    common = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
+    try:
+        if address is not None:
+            ray.init(address=address, **common)
+        else:
+            ray.init(num_cpus=local_cpus, **common)
+    except ConnectionError as err:
+        cause = " ".join(str(err.__cause__ or err).split())[:300]
+        raise ConfigError(f"--address {address}: could not join the Ray cluster: {cause}") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
 def tune_run(
     out: Path,
     cfg: RunConfig,
@@ -432,20 +454,23 @@ def tune_run(
     local_cpus: int | None = None,
     say: Callable[[str], Any] = print,
 ) -> dict[str, Any]:
-    """Run a new search into ``out``; returns the winner (``search``)."""
+    """Run a new search into ``out``; returns the winner (``search``). Ray is joined before
+    anything is written: a refused join leaves no folder behind."""
     out = Path(out)
     check_new(out, cfg, data, space, opts)
-    ray = require_ray()
+    require_ray()
     check_address(address)
-    existed = out.exists()
-    try:
-        state = start_search(out, cfg, data, space, opts)
-    except Exception:  # e.g. a damaged data file: nothing of the search stays behind
-        shutil.rmtree(out / MEMBERS, ignore_errors=True)
-        if not existed:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-    return search(ray, out, state, address, local_cpus, say)
+    with ray_session(address, local_cpus) as ray:
+        existed = out.exists()
+        try:
+            state = start_search(out, cfg, data, space, opts)
+        except Exception:  # e.g. a damaged data file: nothing of the search stays behind
+            shutil.rmtree(out / MEMBERS, ignore_errors=True)
+            if not existed:
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+        search(ray, out, state, say)
+    return finish(out, state)
 
 
 def resume_run(
@@ -461,33 +486,24 @@ def resume_run(
     ``gpus_per_member``. At most the interrupted interval is redone."""
     out = Path(out)
     state = check_resume(out, data, changes or {})
-    ray = require_ray()
+    require_ray()
     check_address(address)
-    _save(out, state)
-    return search(ray, out, state, address, local_cpus, say)
+    with ray_session(address, local_cpus) as ray:
+        _save(out, state)
+        search(ray, out, state, say)
+    return finish(out, state)
 
 
-def search(
-    ray: Any,
-    out: Path,
-    state: dict[str, Any],
-    address: str | None,
-    local_cpus: int | None,
-    say: Callable[[str], Any],
-) -> dict[str, Any]:
-    """The generations left, on a Ray joined at ``address`` (every node must see ``out`` at
-    the same path, e.g. a shared file system) or a local one with ``local_cpus`` CPUs
-    (None: all); then figures and ``best/``. ``say`` prints one line per generation."""
-    common = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
-    if address is not None:
-        ray.init(address=address, **common)
-    else:
-        ray.init(num_cpus=local_cpus, **common)
-    try:
-        for g in range(state["done"] + 1, state["options"]["generations"] + 1):
-            say(_generation(ray, out, state, g))
-    finally:
-        ray.shutdown()
+def search(ray: Any, out: Path, state: dict[str, Any], say: Callable[[str], Any]) -> None:
+    """The generations left, on the Ray ``ray`` is connected to (on a cluster every node
+    must see ``out`` at the same path, e.g. a shared file system). ``say`` prints one line
+    per generation."""
+    for g in range(state["done"] + 1, state["options"]["generations"] + 1):
+        say(_generation(ray, out, state, g))
+
+
+def finish(out: Path, state: dict[str, Any]) -> dict[str, Any]:
+    """Figures and ``best/``; the winner."""
     figures = write_figures(out, state)
     member, best = export_best(out, state)
     return {"best_member": member, "best_score": best, "best": out / BEST, "figures": figures}
