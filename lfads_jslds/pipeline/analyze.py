@@ -131,8 +131,8 @@ def analyze_run(
         raise RunFolderError(
             f"{out / 'summary.json'} already exists; remove {out} to analyze again"
         )
+    inf, attrs = run.inference()  # the cheap checks first: no weights are read for a bad file
     cfg, data, params = run.config, run.data, run.params()
-    inf, attrs = run.inference()
     dt = float(attrs["bin_ms"]) / 1000.0
     cell_fn = lfads.generator_cell(cfg.model)
     condition = _conditions(data.tensors, inf["rates"].shape[0])
