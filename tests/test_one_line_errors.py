@@ -214,13 +214,8 @@ def test_summary_json_is_strict_json_when_a_value_is_nan(tmp_path, trained_run):
     assert summary["n_trials"] == 40
 
 
-@pytest.mark.parametrize("part", ["arrays", "metadata"])
-def test_a_damaged_lfads_checkpoint_is_one_line(tmp_path, trained_run, part):
-    """Orbax's files of the early-stopping weights cut to half: ``analyze`` names the step
-    folder and the fix; tensorstore's page-long detail is cut short."""
-    run = tmp_path / "run"
-    shutil.copytree(trained_run, run)
-    (step,) = (run / "best").iterdir()
+def halve_checkpoint(step, part):
+    """Cut an orbax step folder's array files (``arrays``) or its metadata to half."""
     if part == "arrays":
         cut = [p for p in (step / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
     else:
@@ -228,6 +223,16 @@ def test_a_damaged_lfads_checkpoint_is_one_line(tmp_path, trained_run, part):
     assert cut
     for path in cut:
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("part", ["arrays", "metadata"])
+def test_a_damaged_lfads_checkpoint_is_one_line(tmp_path, trained_run, part):
+    """Orbax's files of the early-stopping weights cut to half: ``analyze`` names the step
+    folder and the fix; tensorstore's page-long detail is cut short."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (step,) = (run / "best").iterdir()
+    halve_checkpoint(step, part)
     before = snapshot(run)
     err = assert_refused(invoke("analyze", run), f"cannot read the {part} of {step}")
     assert "remove that folder to use an older checkpoint" in err and len(err) < 600
@@ -318,13 +323,7 @@ def test_a_damaged_task_checkpoint_is_one_line(tmp_path, task_run, part):
     steps = sorted((run / "checkpoints").iterdir())
     assert [s.name for s in steps] == ["2", "4"]
     for step in steps:
-        if part == "arrays":
-            cut = [p for p in (step / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
-        else:
-            cut = [step / "meta" / "metadata"]
-        assert cut
-        for path in cut:
-            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        halve_checkpoint(step, part)
     before = snapshot(run)
     result = invoke("task", "train", "flipflop", "--out", run, "--resume", "--steps", 6, *TASK_TINY)
     err = assert_refused(result, f"no intact checkpoint in {run / 'checkpoints'}")
